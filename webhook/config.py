@@ -1,0 +1,117 @@
+"""Every environment variable the service reads, checked once at start-up.
+
+A bad or missing value stops the process before it serves a single request, with a
+message naming the variable, instead of failing on the first event in production.
+"""
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from webhook.errors import ConfigError
+
+KNOWN_STATUSES = frozenset(
+    {
+        "incomplete",
+        "incomplete_expired",
+        "trialing",
+        "active",
+        "past_due",
+        "canceled",
+        "unpaid",
+        "paused",
+    }
+)
+DEFAULT_ENTITLED_STATUSES = ("active", "trialing", "past_due")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The service's configuration; see the table in README.md."""
+
+    webhook_secrets: tuple[str, ...]
+    database_url: str | None = None
+    tolerance_seconds: int = 300
+    stripe_api_key: str | None = field(default=None, repr=False)
+    entitled_statuses: frozenset[str] = frozenset(DEFAULT_ENTITLED_STATUSES)
+    pool_min_size: int = 1
+    pool_max_size: int = 4
+    pool_timeout_seconds: float = 5.0
+    lock_timeout_ms: int = 5000
+    statement_timeout_ms: int = 15000
+
+    def __repr__(self) -> str:
+        # Never let a secret reach a log line through a repr.
+        return (
+            f"Settings(webhook_secrets=<{len(self.webhook_secrets)} secret(s)>, "
+            f"tolerance_seconds={self.tolerance_seconds}, pool_max_size={self.pool_max_size})"
+        )
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and check the environment; raise ConfigError naming the first bad variable."""
+    env = os.environ if environ is None else environ
+    secrets = tuple(s.strip() for s in env.get("STRIPE_WEBHOOK_SECRET", "").split(",") if s.strip())
+    if not secrets:
+        raise ConfigError(
+            "STRIPE_WEBHOOK_SECRET is not set: give the endpoint's signing secret (whsec_...),"
+            " or several separated by commas while rolling it"
+        )
+    pool_min = _int(env, "DB_POOL_MIN_SIZE", 1, minimum=0)
+    pool_max = _int(env, "DB_POOL_MAX_SIZE", 4, minimum=1)
+    if pool_min > pool_max:
+        raise ConfigError(
+            f"DB_POOL_MIN_SIZE ({pool_min}) is larger than DB_POOL_MAX_SIZE ({pool_max})"
+        )
+    return Settings(
+        webhook_secrets=secrets,
+        database_url=env.get("DATABASE_URL", "").strip() or None,
+        tolerance_seconds=_int(env, "STRIPE_WEBHOOK_TOLERANCE", 300, minimum=1),
+        stripe_api_key=env.get("STRIPE_API_KEY", "").strip() or None,
+        entitled_statuses=_statuses(env),
+        pool_min_size=pool_min,
+        pool_max_size=pool_max,
+        pool_timeout_seconds=_float(env, "DB_POOL_TIMEOUT", 5.0),
+        lock_timeout_ms=_int(env, "DB_LOCK_TIMEOUT_MS", 5000, minimum=1),
+        statement_timeout_ms=_int(env, "DB_STATEMENT_TIMEOUT_MS", 15000, minimum=1),
+    )
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{name} must be positive, got {raw}")
+    return value
+
+
+def _statuses(env: Mapping[str, str]) -> frozenset[str]:
+    raw = env.get("ENTITLED_STATUSES", "").strip()
+    if not raw:
+        return frozenset(DEFAULT_ENTITLED_STATUSES)
+    statuses = frozenset(s.strip() for s in raw.split(",") if s.strip())
+    unknown = sorted(statuses - KNOWN_STATUSES)
+    if unknown:
+        raise ConfigError(
+            f"ENTITLED_STATUSES names unknown subscription statuses: {', '.join(unknown)}"
+            f" (known: {', '.join(sorted(KNOWN_STATUSES))})"
+        )
+    return statuses
