@@ -1,0 +1,146 @@
+"""The Flask app: POST /webhook, GET /healthz, GET /readyz.
+
+The webhook view is thin and has three outcomes: 400 for a request that is not a valid,
+signed, current Stripe event (nothing is written), 200 once the event is durably stored
+(whatever the processing outcome, duplicates and unhandled types included), and 503 when
+the database cannot do its part right now, so that Stripe retries. Nothing answers with a
+traceback.
+"""
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from webhook import migrations
+from webhook.config import Settings, load_settings
+from webhook.db import resolve_database_url
+from webhook.errors import DatabaseUnavailable
+from webhook.logs import configure_event_log, log_result
+from webhook.pool import Database
+from webhook.processor import ProcessingRules, process_delivery
+from webhook.signature import SignatureError, SignatureVerifier
+from webhook.stripe_objects import PayloadError, parse_event
+
+MAX_BODY_BYTES = 1024 * 1024
+RETRY_AFTER_SECONDS = "5"
+READINESS_TIMEOUT_SECONDS = 2.0
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Service:
+    """Everything the views need, built once from the settings."""
+
+    settings: Settings
+    verifier: SignatureVerifier
+    database: Database
+    rules: ProcessingRules
+
+
+def create_app(config: Mapping[str, str] | None = None) -> Flask:
+    """Build the app from the environment, with `config` overriding variables (tests).
+
+    Refuses to build (ConfigError) when the configuration is incomplete, so a deployment
+    with a missing secret fails at start-up rather than at the first delivery.
+    """
+    settings = load_settings({**os.environ, **(config or {})})
+    database = Database(
+        resolve_database_url(settings.database_url),
+        min_size=settings.pool_min_size,
+        max_size=settings.pool_max_size,
+        timeout=settings.pool_timeout_seconds,
+    )
+    service = Service(
+        settings=settings,
+        verifier=SignatureVerifier(settings.webhook_secrets, settings.tolerance_seconds),
+        database=database,
+        rules=ProcessingRules(
+            entitled_statuses=settings.entitled_statuses,
+            stripe_api_key=settings.stripe_api_key,
+            lock_timeout_ms=settings.lock_timeout_ms,
+            statement_timeout_ms=settings.statement_timeout_ms,
+        ),
+    )
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.extensions["webhook"] = service
+    configure_event_log()
+    _register_routes(app, service)
+    _register_errors(app)
+    return app
+
+
+def _register_routes(app: Flask, service: Service) -> None:
+    @app.post("/webhook")
+    def receive_event() -> tuple[Response, int]:
+        payload = request.get_data(cache=False)
+        try:
+            service.verifier.verify(payload, request.headers.get("Stripe-Signature"))
+            event = parse_event(_decode_json(payload))
+        except (SignatureError, PayloadError) as exc:
+            return _error(400, str(exc))
+        result = service.database.run(lambda conn: process_delivery(conn, event, service.rules))
+        log_result(result)
+        body = {
+            "received": True,
+            "id": event.id,
+            "status": result.outcome.status,
+            "duplicate": result.duplicate,
+        }
+        return jsonify(body), 200
+
+    @app.get("/healthz")
+    def health() -> tuple[Response, int]:
+        return jsonify({"status": "ok"}), 200
+
+    @app.get("/readyz")
+    def readiness() -> tuple[Response, int]:
+        try:
+            with service.database.connection(timeout=READINESS_TIMEOUT_SECONDS) as conn:
+                waiting = [m.path.name for m in migrations.pending(conn)]
+        except DatabaseUnavailable as exc:
+            return jsonify({"status": "unavailable", "reason": str(exc)}), 503
+        if waiting:
+            reason = f"migrations pending: {', '.join(waiting)}"
+            return jsonify({"status": "unavailable", "reason": reason}), 503
+        return jsonify({"status": "ready"}), 200
+
+
+def _register_errors(app: Flask) -> None:
+    @app.errorhandler(DatabaseUnavailable)
+    def database_unavailable(exc: DatabaseUnavailable) -> tuple[Response, int]:
+        log.warning("database unavailable: %s", exc)
+        response, status = _error(503, "database unavailable, retry later")
+        response.headers["Retry-After"] = RETRY_AFTER_SECONDS
+        return response, status
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> tuple[Response, int]:
+        status = exc.code or 500
+        reasons = {413: f"body larger than {MAX_BODY_BYTES} bytes"}
+        response, status = _error(status, reasons.get(status, exc.name.lower()))
+        if status == 405 and exc.get_response().headers.get("Allow"):
+            response.headers["Allow"] = exc.get_response().headers["Allow"]
+        return response, status
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> tuple[Response, int]:
+        log.exception("unexpected error")
+        return _error(500, "internal error")
+
+
+def _decode_json(payload: bytes) -> object:
+    try:
+        return json.loads(payload)
+    except (ValueError, RecursionError):
+        raise PayloadError("body is not valid JSON") from None
+
+
+def _error(status: int, reason: str) -> tuple[Response, int]:
+    return jsonify({"error": reason}), status

@@ -1,0 +1,86 @@
+"""The private inbox: every event stored once, with its status and processing history.
+
+Status moves received -> processed | ignored | failed. Storing uses the event id as the
+key; a concurrent second delivery of the same event waits on the first one's row lock,
+then finds it stored and stops, so an event is applied once however it is delivered.
+"""
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from webhook.handlers.base import Outcome
+from webhook.stripe_objects import Event, timestamp
+
+# A stored event in one of these states was applied already; a redelivery is a duplicate.
+SETTLED = frozenset({"processed", "ignored"})
+
+
+@dataclass(frozen=True)
+class Stored:
+    """The inbox row after storing a delivery."""
+
+    first_delivery: bool
+    status: str
+
+    @property
+    def settled(self) -> bool:
+        return self.status in SETTLED
+
+
+def store(conn: psycopg.Connection, event: Event) -> Stored:
+    """Insert the event, or count another delivery of it; say whether it was new."""
+    row = conn.execute(
+        """
+        insert into webhook_private.events as e
+          (id, type, api_version, livemode, stripe_created, object_id, payload)
+        values (%s, %s, %s, %s, %s, %s, %s::jsonb)
+        on conflict (id) do update set deliveries = e.deliveries + 1
+        returning e.status, (xmax = 0)
+        """,
+        (
+            event.id,
+            event.type,
+            event.api_version,
+            event.livemode,
+            timestamp(event.created),
+            event.object_id,
+            json.dumps(event.raw, separators=(",", ":")),
+        ),
+    ).fetchone()
+    assert row is not None
+    return Stored(first_delivery=bool(row[1]), status=row[0])
+
+
+def record(
+    conn: psycopg.Connection, event_id: str, outcome: Outcome, trigger: str, duration_ms: float
+) -> None:
+    """Set the event's status and append the attempt to its history (one round trip)."""
+    conn.execute(
+        """
+        with attempt as (
+          insert into webhook_private.event_attempts (event_id, trigger, outcome, error, duration_ms)
+          values (%(id)s, %(trigger)s, %(status)s, %(error)s, %(ms)s)
+        )
+        update webhook_private.events
+           set status = %(status)s, error = %(error)s, attempts = attempts + 1, processed_at = now()
+         where id = %(id)s
+        """,
+        {
+            "id": event_id,
+            "trigger": trigger,
+            "status": outcome.status,
+            "error": outcome.error,
+            "ms": round(duration_ms, 3),
+        },
+    )
+
+
+def load_payload(conn: psycopg.Connection, event_id: str) -> dict[str, Any] | None:
+    """The stored event as Stripe sent it; None if unknown or purged."""
+    row = conn.execute(
+        "select payload from webhook_private.events where id = %s", (event_id,)
+    ).fetchone()
+    return row[0] if row else None

@@ -1,0 +1,245 @@
+"""Read what the processor needs from Stripe payloads, whatever the API version.
+
+API 2025-03-31.basil moved three things this service reads: a subscription's period to
+its items, an invoice's subscription to `parent.subscription_details`, and an invoice
+line's price to `pricing.price_details.price` (an id, no longer an object). Everything
+else reads the same from 2024 to 2026-09-30.endive. The functions here accept both shapes
+so the handlers never branch on the version; they take plain dicts and do no I/O.
+"""
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+# Currencies whose Stripe amounts are already whole units (no cents).
+ZERO_DECIMAL_CURRENCIES = frozenset(
+    [
+        "bif",
+        "clp",
+        "djf",
+        "gnf",
+        "jpy",
+        "kmf",
+        "krw",
+        "mga",
+        "pyg",
+        "rwf",
+        "ugx",
+        "vnd",
+        "vuv",
+        "xaf",
+        "xof",
+        "xpf",
+    ]
+)
+
+
+class PayloadError(ValueError):
+    """The event lacks a field the processor needs; applying it cannot succeed as is."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """The parts of an event envelope every handler uses."""
+
+    id: str
+    type: str
+    created: int
+    api_version: str | None
+    livemode: bool
+    object: Mapping[str, Any]
+    raw: Mapping[str, Any] = field(repr=False)
+
+    @property
+    def object_id(self) -> str | None:
+        value = self.object.get("id")
+        return value if isinstance(value, str) else None
+
+
+def parse_event(document: Any) -> Event:
+    """Check that a decoded JSON body is a Stripe snapshot event; raise PayloadError if not."""
+    if not isinstance(document, dict):
+        raise PayloadError("body is not a JSON object")
+    if document.get("object") == "v2.core.event":
+        raise PayloadError("thin events are not supported; send snapshot events to this endpoint")
+    if document.get("object") != "event":
+        raise PayloadError('body is not a Stripe event (object is not "event")')
+    event_id, event_type, created = (
+        document.get("id"),
+        document.get("type"),
+        document.get("created"),
+    )
+    if not isinstance(event_id, str) or not event_id.startswith("evt_") or len(event_id) > 255:
+        raise PayloadError("event has no valid id")
+    if not isinstance(event_type, str) or not event_type or len(event_type) > 255:
+        raise PayloadError("event has no type")
+    if not isinstance(created, int) or isinstance(created, bool) or created < 0:
+        raise PayloadError("event has no valid created timestamp")
+    data = document.get("data")
+    obj = data.get("object") if isinstance(data, dict) else None
+    if not isinstance(obj, dict):
+        raise PayloadError("event has no data.object")
+    api_version = document.get("api_version")
+    return Event(
+        id=event_id,
+        type=event_type,
+        created=created,
+        api_version=api_version if isinstance(api_version, str) else None,
+        livemode=bool(document.get("livemode")),
+        object=obj,
+        raw=document,
+    )
+
+
+@dataclass(frozen=True)
+class SubscriptionState:
+    """A subscription as the entitlement rule and the mirror see it."""
+
+    id: str
+    customer: str
+    status: str
+    price_ids: tuple[str, ...]
+    current_period_end: int | None
+    cancel_at_period_end: bool
+    cancel_at: int | None
+    ended_at: int | None
+    metadata: Mapping[str, str]
+
+
+def subscription_state(sub: Mapping[str, Any]) -> SubscriptionState:
+    """The subscription's state from a `customer.subscription.*` object (either shape)."""
+    sub_id = _required_str(sub, "id", "subscription")
+    customer = expandable_id(sub.get("customer"))
+    if not customer:
+        raise PayloadError(f"subscription {sub_id} has no customer")
+    status = _required_str(sub, "status", f"subscription {sub_id}")
+    items = list_data(sub.get("items"))
+    price_ids = tuple(
+        dict.fromkeys(pid for item in items if (pid := expandable_id(item.get("price"))))
+    )
+    return SubscriptionState(
+        id=sub_id,
+        customer=customer,
+        status=status,
+        price_ids=price_ids,
+        current_period_end=subscription_period_end(sub),
+        cancel_at_period_end=bool(sub.get("cancel_at_period_end")),
+        cancel_at=_int_or_none(sub.get("cancel_at")),
+        ended_at=_int_or_none(sub.get("ended_at")),
+        metadata=_metadata(sub),
+    )
+
+
+def subscription_period_end(sub: Mapping[str, Any]) -> int | None:
+    """End of the current period: on the items since basil, on the subscription before."""
+    ends = [
+        end
+        for item in list_data(sub.get("items"))
+        if (end := _int_or_none(item.get("current_period_end"))) is not None
+    ]
+    return min(ends) if ends else _int_or_none(sub.get("current_period_end"))
+
+
+def invoice_subscription_id(invoice: Mapping[str, Any]) -> str | None:
+    """The invoice's subscription: `parent.subscription_details` since basil, top level before."""
+    parent = invoice.get("parent")
+    if isinstance(parent, dict):
+        details = parent.get("subscription_details")
+        if isinstance(details, dict) and (sub := expandable_id(details.get("subscription"))):
+            return sub
+    return expandable_id(invoice.get("subscription"))
+
+
+def invoice_price_ids(invoice: Mapping[str, Any]) -> tuple[str, ...]:
+    """Price ids of the invoice's lines: `pricing.price_details.price` since basil."""
+    found = []
+    for line in list_data(invoice.get("lines")):
+        pricing = line.get("pricing")
+        details = pricing.get("price_details") if isinstance(pricing, dict) else None
+        price = details.get("price") if isinstance(details, dict) else None
+        pid = expandable_id(price) or expandable_id(line.get("price"))
+        if pid:
+            found.append(pid)
+    return tuple(dict.fromkeys(found))
+
+
+def invoice_service_period_start(invoice: Mapping[str, Any]) -> int | None:
+    """Start of the period the invoice pays for.
+
+    A renewal invoice's own period_start/period_end describe the period just ended (usage
+    is billed in arrears); its subscription lines carry the new period, so they win.
+    """
+    starts = [
+        start
+        for line in list_data(invoice.get("lines"))
+        if isinstance(line.get("period"), dict)
+        and (start := _int_or_none(line["period"].get("start"))) is not None
+    ]
+    if starts:
+        return max(starts)
+    return _int_or_none(invoice.get("period_end"))
+
+
+def customer_uuid_from(*candidates: Any) -> uuid.UUID | None:
+    """The first candidate that is a well-formed UUID (our customer's id), if any."""
+    for candidate in candidates:
+        if isinstance(candidate, str):
+            try:
+                return uuid.UUID(candidate.strip())
+            except ValueError:
+                continue
+    return None
+
+
+def metadata_customer_uuid(obj: Mapping[str, Any]) -> uuid.UUID | None:
+    """`metadata.customer_uuid` of a Stripe object, when it holds a UUID."""
+    return customer_uuid_from(_metadata(obj).get("customer_uuid"))
+
+
+def price_amount(unit_amount: Any, currency: str) -> Decimal | None:
+    """A Stripe unit amount (minor units) as a plan price in major units."""
+    if not isinstance(unit_amount, int) or isinstance(unit_amount, bool):
+        return None
+    if currency.lower() in ZERO_DECIMAL_CURRENCIES:
+        return Decimal(unit_amount)
+    return Decimal(unit_amount) / 100
+
+
+def expandable_id(value: Any) -> str | None:
+    """The id of a field that is either an id string or an expanded object."""
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, dict) and isinstance(value.get("id"), str):
+        return value["id"]
+    return None
+
+
+def list_data(value: Any) -> list[Mapping[str, Any]]:
+    """The `data` array of a Stripe list object, keeping only objects."""
+    if isinstance(value, dict) and isinstance(value.get("data"), list):
+        return [item for item in value["data"] if isinstance(item, dict)]
+    return []
+
+
+def timestamp(value: int | None) -> datetime | None:
+    """Unix seconds as an aware datetime, for timestamptz columns."""
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+def _metadata(obj: Mapping[str, Any]) -> Mapping[str, str]:
+    meta = obj.get("metadata")
+    return meta if isinstance(meta, dict) else {}
+
+
+def _required_str(obj: Mapping[str, Any], key: str, what: str) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str) or not value:
+        raise PayloadError(f"{what} has no {key}")
+    return value
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
