@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
+import psycopg.sql
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pytest_postgresql import factories
@@ -35,9 +36,44 @@ def pytest_configure(config: pytest.Config) -> None:
     config.option.postgresql_port = str(params.get("port") or "5432")
     config.option.postgresql_user = str(params.get("user") or "postgres")
     config.option.postgresql_password = str(params.get("password") or "")
-    config.option.postgresql_dbname = "webhook_tests"
-    # A run that was killed leaves its databases behind; start from scratch every time.
+    # One database name per pytest process, so concurrent runs on one server never meet.
+    config.option.postgresql_dbname = f"{TEST_DB_PREFIX}{os.getpid()}"
     config.option.postgresql_drop_test_database = True
+    if not os.environ.get("TEST_DATABASE_URL", "").strip():
+        # Only on our own server: elsewhere a pid says nothing about another machine's run.
+        _drop_databases_of_dead_runs(url)
+
+
+TEST_DB_PREFIX = "webhook_tests_"
+
+
+def _drop_databases_of_dead_runs(url: str) -> None:
+    """Remove test databases left behind by pytest processes that no longer exist."""
+    with psycopg.connect(url, autocommit=True) as admin:
+        names = admin.execute(
+            "select datname from pg_database where datname like %s", (TEST_DB_PREFIX + "%",)
+        ).fetchall()
+        for (name,) in names:
+            pid = name.removeprefix(TEST_DB_PREFIX).split("_", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                admin.execute(
+                    psycopg.sql.SQL("alter database {} is_template false").format(
+                        psycopg.sql.Identifier(name)
+                    )
+                )
+                admin.execute(
+                    psycopg.sql.SQL("drop database {} with (force)").format(psycopg.sql.Identifier(name))
+                )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def load_schema(
@@ -99,7 +135,7 @@ def plans(conn: psycopg.Connection) -> dict[str, int]:
         insert into public.plans (name, price, resources, stripe_price_id, stripe_plan_id)
         values ('Basic', 9.99, '{"api_calls": 1000, "storage_gb": 10}', 'price_basic', 'prod_basic'),
                ('Pro', 19.99, '{"api_calls": 5000, "storage_gb": 50}', 'price_pro', 'prod_pro'),
-               ('Enterprise', 49.99, '{"api_calls": 20000, "storage_gb": 200}', 'price_ent', 'prod_ent')
+               ('Enterprise', 49.99, '{"api_calls": 20000, "storage_gb": 200}', 'price_enterprise', 'prod_enterprise')
         returning name, id
         """
     ).fetchall()
@@ -118,3 +154,41 @@ def acting_as(conn: psycopg.Connection, role: str, user_id: uuid.UUID | None = N
             claims = psycopg.types.json.Jsonb({"sub": str(user_id), "role": role})
             conn.execute("select set_config('request.jwt.claims', %s::text, true)", (claims,))
         yield conn
+
+
+# --- Fixtures for the schema and migration tests -------------------------------------
+
+
+@pytest.fixture
+def empty_db_url(postgresql_server) -> Iterator[str]:
+    """A URL for a brand-new database with nothing migrated into it; dropped afterwards.
+
+    Roles are shared by the whole server, so anon/authenticated/service_role already exist
+    (the template's migration created them); everything else is absent.
+    """
+    server = postgresql_server
+    admin = make_conninfo(
+        host=server.host,
+        port=server.port,
+        user=server.user,
+        dbname=server.maintenance_dbname,
+        password=server.password or None,
+    )
+    name = f"webhook_empty_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'create database "{name}" template template0')
+    try:
+        yield make_conninfo(
+            host=server.host,
+            port=server.port,
+            user=server.user,
+            dbname=name,
+            password=server.password or None,
+        )
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'drop database if exists "{name}" with (force)')
+
+
+# Webhook fixtures (app, client, stripe, factory, user) live in their own module.
+pytest_plugins = ["webhook_support"]

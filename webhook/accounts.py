@@ -37,6 +37,7 @@ class PlanUpdate:
     customer: uuid.UUID
     entitlement: Entitlement
     changed: bool
+    previous_plan_id: int | None = None
 
 
 def lock_stripe_customer(conn: psycopg.Connection, stripe_customer_id: str) -> None:
@@ -124,13 +125,18 @@ def _show_latest_link(conn: psycopg.Connection, customer: uuid.UUID) -> None:
 
 
 def recompute_plan(
-    conn: psycopg.Connection, customer: uuid.UUID, entitled_statuses: Iterable[str]
+    conn: psycopg.Connection,
+    customer: uuid.UUID,
+    entitled_statuses: Iterable[str],
+    *,
+    write: bool = True,
 ) -> PlanUpdate:
     """Set the customer's plan to what their linked subscriptions grant.
 
     Writes only when the plan really changes, so the triggers (resource reset, audit row)
     fire once per change and never for a no-op. Leaves the plan alone when a granting
-    subscription's price has no plan (see entitlement.py).
+    subscription's price has no plan (see entitlement.py). With write=False it only says
+    what it would do (`changed` then means "would change").
     """
     current = conn.execute(
         "select plan_id from public.customer where uuid = %s for update", (customer,)
@@ -158,9 +164,12 @@ def recompute_plan(
         )
     }
     entitlement = entitled_plan(subscriptions, plans, entitled_statuses)
-    if not entitlement.decided or entitlement.plan_id == current[0]:
-        return PlanUpdate(customer, entitlement, changed=False)
-    conn.execute(
-        "update public.customer set plan_id = %s where uuid = %s", (entitlement.plan_id, customer)
-    )
-    return PlanUpdate(customer, entitlement, changed=True)
+    previous = current[0]
+    if not entitlement.decided or entitlement.plan_id == previous:
+        return PlanUpdate(customer, entitlement, changed=False, previous_plan_id=previous)
+    if write:
+        conn.execute(
+            "update public.customer set plan_id = %s where uuid = %s",
+            (entitlement.plan_id, customer),
+        )
+    return PlanUpdate(customer, entitlement, changed=True, previous_plan_id=previous)

@@ -48,11 +48,17 @@ class Settings:
         )
 
 
-def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Read and check the environment; raise ConfigError naming the first bad variable."""
+def load_settings(
+    environ: Mapping[str, str] | None = None, *, require_secret: bool = True
+) -> Settings:
+    """Read and check the environment; raise ConfigError naming the first bad variable.
+
+    Operator commands that never verify a signature (reconcile, replay) pass
+    require_secret=False.
+    """
     env = os.environ if environ is None else environ
     secrets = tuple(s.strip() for s in env.get("STRIPE_WEBHOOK_SECRET", "").split(",") if s.strip())
-    if not secrets:
+    if not secrets and require_secret:
         raise ConfigError(
             "STRIPE_WEBHOOK_SECRET is not set: give the endpoint's signing secret (whsec_...),"
             " or several separated by commas while rolling it"

@@ -9,6 +9,8 @@ import re
 from dataclasses import dataclass
 
 _DOLLAR_TAG = re.compile(r"\$[A-Za-z_]\w*\$|\$\$")
+# Whitespace and comments (line and block) before a statement's first token.
+_LEADING_NOISE = re.compile(r"(?:\s+|--[^\n]*|/\*.*?\*/)*", re.S)
 
 
 @dataclass(frozen=True)
@@ -21,11 +23,9 @@ class Statement:
     @property
     def summary(self) -> str:
         """The statement's first meaningful line, for error messages."""
-        for raw in self.text.splitlines():
-            stripped = raw.strip()
-            if stripped and not stripped.startswith("--"):
-                return stripped if len(stripped) <= 80 else stripped[:77] + "..."
-        return ""
+        code = self.text[_LEADING_NOISE.match(self.text).end() :]
+        first = code.splitlines()[0].strip() if code else ""
+        return first if len(first) <= 80 else first[:77] + "..."
 
 
 def split_statements(script: str) -> list[Statement]:
@@ -74,14 +74,9 @@ def _append(statements: list[Statement], script: str, start: int, end: int) -> N
     chunk = script[start:end]
     if not _has_code(chunk):
         return
-    text = chunk.strip()
-    first_line = script.count("\n", 0, start + len(chunk) - len(chunk.lstrip())) + 1
-    for offset, raw in enumerate(text.splitlines()):
-        stripped = raw.strip()
-        if stripped and not stripped.startswith("--"):
-            first_line += offset
-            break
-    statements.append(Statement(text, first_line))
+    # The line of the statement's first token, past any comments that precede it.
+    code_at = start + _LEADING_NOISE.match(chunk).end()
+    statements.append(Statement(chunk.strip(), script.count("\n", 0, code_at) + 1))
 
 
 def _has_code(chunk: str) -> bool:

@@ -41,4 +41,4 @@ def main() -> None:
     cli(prog_name="python -m webhook")
 
 
-from webhook.cli import schema_commands  # noqa: E402,F401  (registers commands)
+from webhook.cli import repair_commands, schema_commands  # noqa: E402,F401  (registers commands)

@@ -8,7 +8,6 @@ and never for an invoice whose period is not newer than the last reset's.
 import json
 
 from webhook import accounts
-from webhook.accounts import ApplyError
 from webhook.handlers.base import Context, Outcome
 from webhook.stripe_objects import (
     PayloadError,
@@ -27,7 +26,8 @@ def handle_invoice_paid(ctx: Context) -> Outcome:
     accounts.lock_stripe_customer(ctx.conn, stripe_customer)
     customer = accounts.linked_customer(ctx.conn, stripe_customer)
     if customer is None:
-        raise ApplyError(f"Stripe customer {stripe_customer} is not linked to a customer yet")
+        # Nothing to reset yet: linking later assigns the plan with its full resources.
+        return Outcome.ignored()
     period_start = invoice_service_period_start(invoice) or ctx.event.created
     claimed = ctx.conn.execute(
         """

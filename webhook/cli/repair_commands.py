@@ -1,0 +1,88 @@
+"""reconcile and replay: repairing plans after the data or the configuration changed."""
+
+from collections.abc import Callable
+
+import click
+
+from webhook.cli import cli
+from webhook.cli.context import database
+from webhook.config import load_settings
+from webhook.processor import ProcessingRules
+from webhook.reconcile import reconcile as reconcile_plans
+from webhook.replay import failed_event_ids, replay_many
+
+
+def _rules() -> ProcessingRules:
+    settings = load_settings(require_secret=False)
+    return ProcessingRules(
+        entitled_statuses=settings.entitled_statuses,
+        stripe_api_key=settings.stripe_api_key,
+        lock_timeout_ms=settings.lock_timeout_ms,
+        statement_timeout_ms=settings.statement_timeout_ms,
+    )
+
+
+def _progress(label: str) -> Callable[[int, int], None]:
+    """Progress on stderr for long runs: every 5%, only when there are 100 or more."""
+
+    def show(done: int, total: int) -> None:
+        if total >= 100 and (done % max(total // 20, 1) == 0 or done == total):
+            click.echo(f"{label}: {done}/{total}", err=True)
+
+    return show
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Report what would change without changing it.")
+@click.pass_context
+def reconcile(ctx: click.Context, dry_run: bool) -> None:
+    """Recompute every linked customer's plan from the subscription mirror."""
+    rules = _rules()
+    with database(ctx, autocommit=True) as conn:
+        report = reconcile_plans(
+            conn, rules.entitled_statuses, dry_run=dry_run, progress=_progress("reconcile")
+        )
+    verb = "would change" if dry_run else "changed"
+    for customer, old, new in report.changes:
+        click.echo(f"{verb} {customer}: plan {old} -> {new}")
+    for customer, prices in report.undecided:
+        click.echo(f"left {customer} as is: no plan for price(s) {', '.join(prices)}")
+    click.echo(
+        f"checked {report.checked} customer(s); {len(report.changes)} {verb};"
+        f" {len(report.undecided)} waiting for a plan"
+    )
+
+
+@cli.command()
+@click.argument("event_ids", nargs=-1)
+@click.option("--failed", "all_failed", is_flag=True, help="Replay every failed event.")
+@click.option("--type", "event_type", default=None, help="With --failed: only this event type.")
+@click.option("--dry-run", is_flag=True, help="Apply, report and roll back.")
+@click.pass_context
+def replay(
+    ctx: click.Context,
+    event_ids: tuple[str, ...],
+    all_failed: bool,
+    event_type: str | None,
+    dry_run: bool,
+) -> None:
+    """Re-apply stored events (EVT_ID... or --failed) through the webhook's own code path."""
+    if bool(event_ids) == all_failed:
+        raise click.UsageError("give event ids or --failed (not both)")
+    if event_type and not all_failed:
+        raise click.UsageError("--type only goes with --failed")
+    rules = _rules()
+    with database(ctx, autocommit=True) as conn:
+        ids = failed_event_ids(conn, event_type) if all_failed else list(event_ids)
+        results = replay_many(conn, ids, rules, dry_run=dry_run, progress=_progress("replay"))
+    for result in results:
+        change = (
+            f"; plan {result.plan_before} -> {result.plan_after}"
+            if result.plan_before != result.plan_after
+            else ""
+        )
+        error = f": {result.outcome.error}" if result.outcome.error else ""
+        click.echo(f"{result.event_id} {result.event_type}: {result.outcome.status}{error}{change}")
+    prefix = "dry run, nothing kept: " if dry_run else ""
+    failed = sum(r.outcome.status == "failed" for r in results)
+    click.echo(f"{prefix}replayed {len(results)} event(s), {failed} still failing")
