@@ -26,7 +26,9 @@ def post(client: FlaskClient, body: bytes, signature: str | None) -> tuple[int, 
     return response.status_code, response.get_json()
 
 
-def test_a_handled_event_is_stored_and_acknowledged(conn, stripe: StripeSender, factory: EventFactory) -> None:
+def test_a_handled_event_is_stored_and_acknowledged(
+    conn, stripe: StripeSender, factory: EventFactory
+) -> None:
     delivery = factory.customer("customer.created", customer_id="cus_1")
     response = stripe.send(delivery)
     assert response.status_code == 200
@@ -87,7 +89,9 @@ def test_rotated_secrets_both_verify(db_url: str, conn, factory) -> None:
     ],
     ids=["missing", "garbled", "no-v1", "wrong-secret", "other-body", "too-old", "future"],
 )
-def test_bad_signatures_get_400_and_write_nothing(conn, client, factory, make_header, reason) -> None:
+def test_bad_signatures_get_400_and_write_nothing(
+    conn, client, factory, make_header, reason
+) -> None:
     delivery = factory.other()
     status, body = post(client, delivery.body, make_header(delivery.body))
     assert status == 400
@@ -102,7 +106,10 @@ def test_bad_signatures_get_400_and_write_nothing(conn, client, factory, make_he
         (b"[1, 2]", "not a JSON object"),
         (b'{"object": "charge", "id": "ch_1"}', "not a Stripe event"),
         (b'{"object": "event", "id": "evt_1", "type": "x", "created": 1}', "data.object"),
-        (b'{"object": "event", "id": "nope", "type": "x", "created": 1, "data": {"object": {}}}', "id"),
+        (
+            b'{"object": "event", "id": "nope", "type": "x", "created": 1, "data": {"object": {}}}',
+            "id",
+        ),
         (
             b'{"object": "v2.core.event", "id": "evt_1", "type": "v1.customer.updated"}',
             "thin events",
@@ -165,15 +172,21 @@ def test_an_unreachable_database_gets_503_so_stripe_retries(factory) -> None:
         app.extensions["webhook"].database.close()
 
 
-def test_a_lock_wait_timeout_gets_503_and_the_retry_applies_once(db_url, conn, plans, user, factory) -> None:
+def test_a_lock_wait_timeout_gets_503_and_the_retry_applies_once(
+    db_url, conn, plans, user, factory
+) -> None:
     app = build_app(db_url, DB_LOCK_TIMEOUT_MS="200")
     stripe = StripeSender(app.test_client())
     try:
-        checkout = factory.checkout_completed(customer="cus_1", subscription=None, client_reference_id=str(user))
+        checkout = factory.checkout_completed(
+            customer="cus_1", subscription=None, client_reference_id=str(user)
+        )
         holder = psycopg.connect(db_url)
         with holder.transaction():
             # Another worker is busy with the same Stripe customer and does not let go.
-            holder.execute("select pg_advisory_xact_lock(hashtextextended('stripe-customer:cus_1', 0))")
+            holder.execute(
+                "select pg_advisory_xact_lock(hashtextextended('stripe-customer:cus_1', 0))"
+            )
             blocked = stripe.send(checkout)
         holder.close()
         assert blocked.status_code == 503
@@ -213,7 +226,9 @@ def test_the_app_refuses_to_start_without_a_secret(db_url, monkeypatch) -> None:
 
 
 def test_concurrent_duplicates_are_applied_once(conn, app, plans, user, factory) -> None:
-    delivery = factory.checkout_completed(customer="cus_1", subscription=None, client_reference_id=str(user))
+    delivery = factory.checkout_completed(
+        customer="cus_1", subscription=None, client_reference_id=str(user)
+    )
     results: list[int] = []
 
     def deliver() -> None:
@@ -226,6 +241,7 @@ def test_concurrent_duplicates_are_applied_once(conn, app, plans, user, factory)
         thread.join()
     assert results == [200] * 10
     row = conn.execute(
-        "select deliveries, attempts, status from webhook_private.events where id = %s", (delivery.id,)
+        "select deliveries, attempts, status from webhook_private.events where id = %s",
+        (delivery.id,),
     ).fetchone()
     assert row == (10, 1, "processed")

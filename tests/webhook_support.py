@@ -45,7 +45,9 @@ class StripeSender:
         self.client = client
         self.secret = secret
 
-    def send(self, delivery: Delivery, *, secret: str | None = None, timestamp: int | None = None) -> TestResponse:
+    def send(
+        self, delivery: Delivery, *, secret: str | None = None, timestamp: int | None = None
+    ) -> TestResponse:
         headers = delivery.headers(secret or self.secret, timestamp=timestamp)
         return self.client.post("/webhook", data=delivery.body, headers=headers)
 
@@ -81,7 +83,13 @@ def customer_state(conn: psycopg.Connection, customer: uuid.UUID) -> dict[str, A
         (customer,),
     ).fetchone()
     assert row is not None
-    return dict(zip(("plan_id", "stripe_customer_id", "plan_resources", "remaining_resources"), row, strict=True))
+    return dict(
+        zip(
+            ("plan_id", "stripe_customer_id", "plan_resources", "remaining_resources"),
+            row,
+            strict=True,
+        )
+    )
 
 
 def event_status(conn: psycopg.Connection, event_id: str) -> tuple[str, str | None]:
