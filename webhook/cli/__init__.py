@@ -41,4 +41,11 @@ def main() -> None:
     cli(prog_name="python -m webhook")
 
 
-from webhook.cli import repair_commands, schema_commands  # noqa: E402,F401  (registers commands)
+# Importing the command modules registers their commands on `cli`.
+from webhook.cli import (  # noqa: E402,F401
+    inspect_commands,
+    repair_commands,
+    schema_commands,
+    serve_command,
+    trigger_command,
+)

@@ -1,0 +1,272 @@
+"""events, customer, purge and doctor: seeing what happened, and keeping the inbox lean."""
+
+import re
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+
+import click
+import psycopg
+
+from webhook import migrations
+from webhook.cli import cli
+from webhook.cli.context import database
+from webhook.config import load_settings
+from webhook.errors import ProjectError
+
+STATUSES = ("received", "processed", "ignored", "failed")
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+PURGE_BATCH = 5000
+
+
+def parse_duration(text: str) -> timedelta:
+    """'90d', '1h', '30m', '2w', '45s' as a timedelta; ProjectError otherwise."""
+    match = _DURATION.match(text or "")
+    if not match or int(match[1]) == 0:
+        raise ProjectError(
+            f"bad duration {text!r}: use a positive number and a unit, like 30m, 1h, 90d, 2w"
+        )
+    return timedelta(**{_UNITS[match[2]]: int(match[1])})
+
+
+class _Duration(click.ParamType):
+    name = "duration"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> timedelta:
+        if isinstance(value, timedelta):
+            return value
+        try:
+            return parse_duration(str(value))
+        except ProjectError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DURATION = _Duration()
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--status", type=click.Choice(STATUSES), default=None)
+@click.option("--type", "event_type", default=None, help="Only this event type.")
+@click.option(
+    "--since", type=DURATION, default=None, help="Only events received in this window, e.g. 1h."
+)
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.pass_context
+def events(
+    ctx: click.Context,
+    status: str | None,
+    event_type: str | None,
+    since: timedelta | None,
+    limit: int,
+) -> None:
+    """List stored events, newest first (`events show EVT_ID` for one)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    with database(ctx, autocommit=True) as conn:
+        rows = conn.execute(
+            """
+            select id, type, status, deliveries, to_char(received_at, 'YYYY-MM-DD HH24:MI:SS'),
+                   coalesce(error, '')
+              from webhook_private.events
+             where (%(status)s::text is null or status = %(status)s)
+               and (%(type)s::text is null or type = %(type)s)
+               and (%(since)s::interval is null or received_at >= now() - %(since)s::interval)
+             order by received_at desc, id
+             limit %(limit)s
+            """,
+            {"status": status, "type": event_type, "since": since, "limit": limit},
+        ).fetchall()
+    if not rows:
+        click.echo("no events match")
+        return
+    click.echo(f"{'id':<32} {'type':<40} {'status':<9} {'n':>3}  {'received (UTC)':<19}  error")
+    for event_id, kind, state, deliveries, received, error in rows:
+        click.echo(
+            f"{event_id:<32} {kind:<40} {state:<9} {deliveries:>3}  {received:<19}  {error[:80]}"
+        )
+
+
+@events.command("show")
+@click.argument("event_id")
+@click.pass_context
+def show_event(ctx: click.Context, event_id: str) -> None:
+    """Show one stored event: its fields, its processing history and its payload."""
+    with database(ctx, autocommit=True) as conn:
+        row = conn.execute(
+            """
+            select id, type, api_version, livemode, stripe_created, object_id, status, error,
+                   deliveries, attempts, received_at, processed_at, purged_at, payload
+              from webhook_private.events where id = %s
+            """,
+            (event_id,),
+        ).fetchone()
+        if row is None:
+            raise ProjectError(f"no event {event_id} in the inbox")
+        attempts = conn.execute(
+            "select attempted_at, trigger, outcome, coalesce(error, ''), duration_ms"
+            " from webhook_private.event_attempts where event_id = %s order by id",
+            (event_id,),
+        ).fetchall()
+    names = ("id", "type", "api_version", "livemode", "created", "object", "status", "error",
+             "deliveries", "attempts", "received_at", "processed_at", "purged_at")  # fmt: skip
+    for name, value in zip(names, row[:-1], strict=True):
+        if value is not None:
+            click.echo(f"{name + ':':<14}{value}")
+    click.echo("history:")
+    for attempted_at, trigger, outcome, error, ms in attempts:
+        click.echo(f"  {attempted_at:%Y-%m-%d %H:%M:%S} {trigger:<8} {outcome:<9} {ms} ms  {error}")
+    payload = row[-1]
+    click.echo("payload: (purged)" if payload is None else "payload:\n" + _pretty(payload))
+
+
+def _pretty(payload: object) -> str:
+    import json
+
+    return json.dumps(payload, indent=2, sort_keys=True)
+
+
+@cli.command("customer")
+@click.argument("customer_uuid")
+@click.pass_context
+def show_customer(ctx: click.Context, customer_uuid: str) -> None:
+    """Show a customer's plan and resources (usage_analytics) and plan history."""
+    try:
+        customer = uuid.UUID(customer_uuid)
+    except ValueError:
+        raise ProjectError(f"{customer_uuid!r} is not a uuid") from None
+    with database(ctx, autocommit=True) as conn:
+        row = conn.execute(
+            "select plan_name, plan_price, plan_updated_at, remaining_resources, total_resources"
+            " from public.usage_analytics where uuid = %s",
+            (customer,),
+        ).fetchone()
+        if row is None:
+            raise ProjectError(f"no customer {customer}")
+        links = conn.execute(
+            "select stripe_customer_id from webhook_private.customer_links where customer_uuid = %s order by 1",
+            (customer,),
+        ).fetchall()
+        history = conn.execute(
+            "select plan_name, started_at, ended_at from public.customer_plan_history"
+            " where customer_uuid = %s order by started_at, id",
+            (customer,),
+        ).fetchall()
+    plan, price, since, remaining, total = row
+    click.echo(f"plan:       {plan or '(none)'}{f' ({price})' if plan else ''}")
+    click.echo(f"since:      {since or '-'}")
+    click.echo(f"remaining:  {remaining}")
+    click.echo(f"of:         {total}")
+    click.echo(f"stripe:     {', '.join(r[0] for r in links) or '(not linked)'}")
+    for name, started, ended in history:
+        click.echo(f"history:    {name:<12} {started:%Y-%m-%d %H:%M:%S} -> {ended or 'now'}")
+
+
+@cli.command()
+@click.option("--older-than", "older_than", type=DURATION, required=True, help="e.g. 90d")
+@click.pass_context
+def purge(ctx: click.Context, older_than: timedelta) -> None:
+    """Drop stored payloads of settled events older than the given age; keep their ids.
+
+    Payloads hold personal data. Ids stay, so a late redelivery is still recognised as a
+    duplicate. Failed events keep their payload for replay.
+    """
+    purged = 0
+    with database(ctx, autocommit=True) as conn:
+        total = _purgeable(conn, older_than)
+        while True:
+            count = conn.execute(
+                """
+                with batch as (
+                  select id from webhook_private.events
+                   where payload is not null and status in ('processed', 'ignored')
+                     and received_at < now() - %s::interval
+                   limit %s for update skip locked)
+                update webhook_private.events e set payload = null, purged_at = now()
+                  from batch where e.id = batch.id
+                """,
+                (older_than, PURGE_BATCH),
+            ).rowcount
+            purged += count
+            if total >= PURGE_BATCH:
+                click.echo(f"purge: {purged}/{total}", err=True)
+            if count < PURGE_BATCH:
+                break
+    click.echo(f"purged the payloads of {purged} event(s) older than {older_than}")
+
+
+def _purgeable(conn: psycopg.Connection, older_than: timedelta) -> int:
+    return conn.execute(
+        "select count(*) from webhook_private.events where payload is not null"
+        " and status in ('processed', 'ignored') and received_at < now() - %s::interval",
+        (older_than,),
+    ).fetchone()[0]
+
+
+@cli.command()
+@click.pass_context
+def doctor(ctx: click.Context) -> None:
+    """Check configuration, database, migrations, plans and failed events; say what to do."""
+    problems = 0
+
+    def report(ok: bool, text: str, advice: str = "") -> None:
+        nonlocal problems
+        problems += not ok
+        click.echo(f"{'ok  ' if ok else 'FIX '} {text}")
+        if advice and not ok:
+            click.echo(f"     -> {advice}")
+
+    try:
+        settings = load_settings()
+        report(True, f"configuration: {len(settings.webhook_secrets)} signing secret(s)")
+    except ProjectError as exc:
+        report(
+            False, f"configuration: {exc}", "set it in the environment the web process runs with"
+        )
+    try:
+        with database(ctx, autocommit=True) as conn:
+            report(True, "database: reachable")
+            _doctor_database(conn, report)
+    except ProjectError as exc:
+        report(False, f"database: {exc}", "check DATABASE_URL and that the server is up")
+    click.echo("all good" if not problems else f"{problems} thing(s) to fix")
+    if problems:
+        ctx.exit(1)
+
+
+def _doctor_database(conn: psycopg.Connection, report: Callable[..., None]) -> None:
+    states = migrations.status(conn)
+    waiting = [s.migration.path.name for s in states if s.pending]
+    report(not waiting, f"migrations: {len(states) - len(waiting)} applied, {len(waiting)} pending",
+           "run `python -m webhook migrate`")  # fmt: skip
+    if waiting and len(waiting) == len(states):
+        return
+    changed = [s.migration.path.name for s in states if not s.checksum_matches]
+    if changed:
+        report(False, f"migrations changed after being applied: {', '.join(changed)}",
+               "never edit an applied migration; put the change in a new numbered file")  # fmt: skip
+    unpriced = [
+        r[0]
+        for r in conn.execute(
+            "select name from public.plans where stripe_price_id is null order by id"
+        )
+    ]
+    report(not unpriced, f"plans without stripe_price_id: {', '.join(unpriced) or 'none'}",
+           "set plans.stripe_price_id to the Stripe price that sells each plan")  # fmt: skip
+    failed = conn.execute(
+        "select count(*) from webhook_private.events where status = 'failed'"
+    ).fetchone()[0]
+    report(failed == 0, f"failed events: {failed}",
+           "see `python -m webhook events --status failed`, fix the cause, then `python -m webhook replay --failed`")  # fmt: skip
+    orphans = conn.execute(
+        """
+        select count(*) from webhook_private.subscriptions s
+         where s.status in ('active', 'trialing', 'past_due') and cardinality(s.price_ids) > 0
+           and not exists (select from public.plans p where p.stripe_price_id = any(s.price_ids))
+        """
+    ).fetchone()[0]
+    report(orphans == 0, f"live subscriptions whose prices match no plan: {orphans}",
+           "add plans for their prices, then run `python -m webhook reconcile`")  # fmt: skip
+    click.echo(f"info auth: {migrations.describe_auth(conn)}")

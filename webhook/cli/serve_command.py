@@ -1,0 +1,119 @@
+"""serve: what `make dev` runs; the same gunicorn set-up as the Procfile's web line.
+
+Without DATABASE_URL it is a development server: it starts the embedded PostgreSQL in
+./.pgdata, applies the migrations, seeds the sample plans and a demo customer once, and
+signs with a local secret kept in ./.dev-secret (besides any STRIPE_WEBHOOK_SECRET, so
+`stripe listen` and `webhook trigger` both work). Ctrl-C stops gunicorn and then, from
+the exit handlers, the embedded PostgreSQL.
+"""
+
+import os
+from typing import Any
+
+import click
+from flask import Flask
+from gunicorn.app.base import BaseApplication
+
+from webhook import migrations
+from webhook.cli import cli
+from webhook.config import load_settings
+from webhook.db import connect, mask_url
+from webhook.devsecret import dev_secret
+from webhook.embedded import embedded_database_url
+
+DEMO_CUSTOMER = "00000000-0000-4000-8000-00000000d3e0"
+DEMO_EMAIL = "demo@example.test"
+
+
+class _Gunicorn(BaseApplication):
+    """gunicorn run in-process with the project's config module and the app factory."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        from webhook import gunicorn_config
+
+        for key in ("worker_class", "threads", "timeout", "graceful_timeout", "keepalive"):
+            self.cfg.set(key, getattr(gunicorn_config, key))
+        self.cfg.set("accesslog", gunicorn_config.accesslog)
+        self.cfg.set("access_log_format", gunicorn_config.access_log_format)
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Flask:
+        from webhook.app import create_app
+
+        return create_app()
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--workers", default=None, type=click.IntRange(1, 64), help="Default: $WEB_CONCURRENCY or 2."
+)
+@click.pass_context
+def serve(ctx: click.Context, host: str, port: int, workers: int | None) -> None:
+    """Serve the webhook (development set-up when DATABASE_URL is unset)."""
+    url = ctx.obj.get("database_url")
+    development = url is None
+    if development:
+        url = embedded_database_url()
+        _prepare_development_database(url)
+        secrets = [s for s in os.environ.get("STRIPE_WEBHOOK_SECRET", "").split(",") if s.strip()]
+        local = dev_secret()
+        os.environ["STRIPE_WEBHOOK_SECRET"] = ",".join([*secrets, local])
+    else:
+        _warn_if_pending(url)
+        local = None
+    os.environ["DATABASE_URL"] = url
+    load_settings()  # refuse to start on bad configuration, before forking workers
+    _banner(url, host, port, development, local)
+    worker_count = workers or int(os.environ.get("WEB_CONCURRENCY", "2"))
+    _Gunicorn({"bind": f"{host}:{port}", "workers": worker_count}).run()
+
+
+def _prepare_development_database(url: str) -> None:
+    with connect(url, autocommit=True) as conn:
+        migrations.migrate(conn, report=lambda line: click.echo(f"migrate: {line}"))
+        if conn.execute("select not exists (select from public.plans)").fetchone()[0]:
+            migrations.run_script(conn, migrations.SCHEMA_DIR / "seed_plans.sql")
+            click.echo("seeded the sample plans Basic, Pro and Enterprise")
+        stand_in = "stand-in" in (migrations.describe_auth(conn) or "")
+        if stand_in:
+            conn.execute(
+                "insert into auth.users (id, email) values (%s, %s) on conflict (id) do nothing",
+                (DEMO_CUSTOMER, DEMO_EMAIL),
+            )
+
+
+def _warn_if_pending(url: str) -> None:
+    with connect(url, autocommit=True) as conn:
+        waiting = migrations.pending(conn)
+    if waiting:
+        click.echo(
+            f"warning: {len(waiting)} migration(s) pending; run `python -m webhook migrate`"
+            " (/readyz answers 503 until then)",
+            err=True,
+        )
+
+
+def _banner(url: str, host: str, port: int, development: bool, local_secret: str | None) -> None:
+    shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
+    target = f"{shown}:{port}/webhook"
+    click.echo(f"\nwebhook target: http://{target}")
+    click.echo(
+        f"database:       {'embedded PostgreSQL in ./.pgdata' if development else mask_url(url)}"
+    )
+    if local_secret:
+        click.echo(f"signing secret: {local_secret}  (development only, kept in ./.dev-secret)")
+        click.echo("\nnext steps:")
+        click.echo(f"  stripe listen --forward-to {target}")
+        click.echo("    then restart with STRIPE_WEBHOOK_SECRET=<the whsec_ it prints> make dev")
+        click.echo(f"  .venv/bin/python -m webhook trigger lifecycle --url http://{target}")
+        click.echo(
+            f"    then see the demo customer's plan: .venv/bin/python -m webhook customer {DEMO_CUSTOMER}"
+        )
+    click.echo("")

@@ -1,0 +1,218 @@
+"""trigger: sign and post realistic test events to a running server, offline.
+
+Like `stripe trigger`, but it needs no Stripe account: the events are built locally in the
+shape of the API version asked for and signed with the server's secret
+(STRIPE_WEBHOOK_SECRET, else the development secret in ./.dev-secret). Stripe ids are
+derived from the customer's uuid, so separate invocations describe one subscription.
+"""
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import click
+
+from webhook.cli import cli
+from webhook.cli.serve_command import DEMO_CUSTOMER
+from webhook.devsecret import existing_dev_secret
+from webhook.errors import ConfigError, ProjectError
+from webhook.fixtures import API_VERSIONS, ENDIVE_API, MONTH, Delivery, EventFactory
+
+SUBSCRIPTION_TYPES = (
+    "customer.subscription.created",
+    "customer.subscription.updated",
+    "customer.subscription.deleted",
+    "customer.subscription.paused",
+    "customer.subscription.resumed",
+)
+
+
+@cli.command()
+@click.argument("event_type")
+@click.option(
+    "--customer",
+    "customer_uuid",
+    default=DEMO_CUSTOMER,
+    show_default=True,
+    help="Our customer's uuid.",
+)
+@click.option(
+    "--price", default="price_sample_pro", show_default=True, help="Stripe price id of the plan."
+)
+@click.option("--status", default=None, help="Subscription status (subscription events).")
+@click.option("--url", default="http://localhost:8000/webhook", show_default=True)
+@click.option(
+    "--api-version",
+    default=ENDIVE_API,
+    show_default=True,
+    help=f"Payload shape, e.g. {', '.join(API_VERSIONS)}.",
+)
+def trigger(
+    event_type: str, customer_uuid: str, price: str, status: str | None, url: str, api_version: str
+) -> None:
+    """Post a signed EVENT_TYPE (or `lifecycle`: sign-up, renewal, cancel) to URL."""
+    try:
+        customer = uuid.UUID(customer_uuid)
+    except ValueError:
+        raise click.BadParameter(
+            f"{customer_uuid!r} is not a uuid", param_hint="--customer"
+        ) from None
+    secret = _signing_secret()
+    events = _TriggerEvents(customer, price, api_version)
+    deliveries = (
+        events.lifecycle() if event_type == "lifecycle" else [events.single(event_type, status)]
+    )
+    for delivery in deliveries:
+        status_code, answer = _post(url, delivery, secret)
+        click.echo(f"{delivery.type:<45} {delivery.id}  -> {status_code} {answer}")
+        if status_code >= 300:
+            raise ProjectError(f"the server answered {status_code} to {delivery.type}")
+
+
+def _signing_secret() -> str:
+    configured = [
+        s.strip() for s in os.environ.get("STRIPE_WEBHOOK_SECRET", "").split(",") if s.strip()
+    ]
+    secret = configured[0] if configured else existing_dev_secret()
+    if not secret:
+        raise ConfigError(
+            "no secret to sign with: set STRIPE_WEBHOOK_SECRET, or run `make dev` once to create ./.dev-secret"
+        )
+    return secret
+
+
+class _TriggerEvents:
+    """Events about one customer's subscription, with ids stable across invocations."""
+
+    def __init__(self, customer: uuid.UUID, price: str, api_version: str) -> None:
+        self.customer = customer
+        self.price = price
+        self.stripe_customer = f"cus_dev_{customer.hex[:14]}"
+        self.subscription = f"sub_dev_{customer.hex[:14]}"
+        self.factory = EventFactory(api_version, start=int(time.time()))
+
+    def single(self, event_type: str, status: str | None) -> Delivery:
+        f = self.factory
+        if event_type.startswith("checkout.session."):
+            return f.checkout_completed(
+                customer=self.stripe_customer,
+                subscription=self.subscription,
+                client_reference_id=str(self.customer),
+                async_event=event_type.endswith("async_payment_succeeded"),
+            )
+        if event_type in SUBSCRIPTION_TYPES:
+            default = {
+                "customer.subscription.deleted": "canceled",
+                "customer.subscription.paused": "paused",
+            }
+            return f.subscription(
+                event_type,
+                sub_id=self.subscription,
+                customer=self.stripe_customer,
+                status=status or default.get(event_type, "active"),
+                price_ids=[self.price],
+            )
+        if event_type in ("invoice.paid", "invoice.payment_succeeded", "invoice.payment_failed"):
+            return f.invoice(
+                event_type,
+                invoice_id=f.new_id("in_"),
+                customer=self.stripe_customer,
+                subscription=self.subscription,
+                billing_reason="subscription_cycle",
+                price_ids=[self.price],
+                period_start=f.clock,
+                period_end=f.clock + MONTH,
+            )
+        if event_type in ("customer.created", "customer.updated", "customer.deleted"):
+            return f.customer(
+                event_type,
+                customer_id=self.stripe_customer,
+                metadata={"customer_uuid": str(self.customer)},
+            )
+        return f.other(event_type)
+
+    def lifecycle(self) -> list[Delivery]:
+        """Checkout, subscription incomplete then active, first invoice, renewal, cancel at period end."""
+        f = self.factory
+        start = f.clock
+        common = {
+            "sub_id": self.subscription,
+            "customer": self.stripe_customer,
+            "price_ids": [self.price],
+        }
+        events = [
+            f.checkout_completed(
+                customer=self.stripe_customer,
+                subscription=self.subscription,
+                client_reference_id=str(self.customer),
+            ),
+            f.subscription(
+                "customer.subscription.created", status="incomplete", period_start=start, **common
+            ),
+            f.subscription(
+                "customer.subscription.updated", status="active", period_start=start, **common
+            ),
+        ]
+        f.tick()
+        events.append(
+            f.invoice(
+                "invoice.paid",
+                invoice_id=f.new_id("in_"),
+                customer=self.stripe_customer,
+                subscription=self.subscription,
+                billing_reason="subscription_create",
+                price_ids=[self.price],
+                period_start=start,
+                period_end=start + MONTH,
+            )
+        )
+        f.tick()
+        renewal = f.new_id("in_")
+        for invoice_type in ("invoice.paid", "invoice.payment_succeeded"):
+            events.append(
+                f.invoice(
+                    invoice_type,
+                    invoice_id=renewal,
+                    customer=self.stripe_customer,
+                    subscription=self.subscription,
+                    billing_reason="subscription_cycle",
+                    price_ids=[self.price],
+                    period_start=start + MONTH,
+                    period_end=start + 2 * MONTH,
+                )
+            )
+        f.tick()
+        events.append(
+            f.subscription(
+                "customer.subscription.updated",
+                status="active",
+                period_start=start + MONTH,
+                cancel_at_period_end=True,
+                **common,
+            )
+        )
+        return events
+
+
+def _post(url: str, delivery: Delivery, secret: str) -> tuple[int, str]:
+    request = urllib.request.Request(
+        url, data=delivery.body, headers=delivery.headers(secret), method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, _short(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, _short(exc.read())
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ProjectError(f"cannot reach {url}: {reason} (is `make dev` running?)") from None
+
+
+def _short(body: bytes) -> str:
+    try:
+        return json.dumps(json.loads(body), separators=(",", ":"))
+    except ValueError:
+        return body[:200].decode("utf-8", "replace")

@@ -1,0 +1,20 @@
+"""gunicorn settings shared by the Procfile and `python -m webhook serve`.
+
+Workers come from WEB_CONCURRENCY (what Heroku-style platforms set), the port from PORT.
+Each worker builds the app after the fork and opens its own connection pool on first use.
+On SIGTERM gunicorn stops accepting, lets in-flight requests finish for up to
+graceful_timeout seconds, and the worker's exit handlers close its pool.
+"""
+
+import os
+
+bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+worker_class = "gthread"
+threads = int(os.environ.get("WEB_THREADS", "4"))
+timeout = 30
+graceful_timeout = 30
+keepalive = 5
+accesslog = "-"
+# The access log names method, path, status and timing; never headers, so no signature.
+access_log_format = '{"log":"access","method":"%(m)s","path":"%(U)s","status":%(s)s,"ms":%(M)s}'
