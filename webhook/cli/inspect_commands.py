@@ -12,6 +12,7 @@ from webhook import migrations
 from webhook.cli import cli
 from webhook.cli.context import database
 from webhook.config import load_settings
+from webhook.devsecret import existing_dev_secret
 from webhook.errors import ProjectError
 
 STATUSES = ("received", "processed", "ignored", "failed")
@@ -222,9 +223,11 @@ def doctor(ctx: click.Context) -> None:
         settings = load_settings()
         report(True, f"configuration: {len(settings.webhook_secrets)} signing secret(s)")
     except ProjectError as exc:
-        report(
-            False, f"configuration: {exc}", "set it in the environment the web process runs with"
-        )
+        if ctx.obj.get("database_url") is None and existing_dev_secret():
+            report(True, "configuration: development secret in ./.dev-secret (make dev)")
+        else:
+            advice = "set it in the environment the web process runs with"
+            report(False, f"configuration: {exc}", advice)
     try:
         with database(ctx, autocommit=True) as conn:
             report(True, "database: reachable")
