@@ -1,4 +1,4 @@
-"""The Flask app: POST /webhook, GET /healthz, GET /readyz.
+"""The Flask app: POST /webhook, GET /healthz, GET /readyz, GET /metrics.
 
 The webhook view is thin and has three outcomes: 400 for a request that is not a valid,
 signed, current Stripe event (nothing is written), 200 once the event is durably stored
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from webhook import migrations
+from webhook import metrics, migrations
 from webhook.config import Settings, load_settings
 from webhook.db import resolve_database_url
 from webhook.errors import DatabaseUnavailable
@@ -82,11 +82,22 @@ def _register_routes(app: Flask, service: Service) -> None:
         payload = request.get_data(cache=False)
         try:
             service.verifier.verify(payload, request.headers.get("Stripe-Signature"))
-            event = parse_event(_decode_json(payload))
-        except (SignatureError, PayloadError) as exc:
+        except SignatureError as exc:
+            metrics.SIGNATURE_FAILURES.labels(exc.code).inc()
             return _error(400, str(exc))
-        result = service.database.run(lambda conn: process_delivery(conn, event, service.rules))
+        try:
+            event = parse_event(_decode_json(payload))
+        except PayloadError as exc:
+            metrics.SIGNATURE_FAILURES.labels("not_an_event").inc()
+            return _error(400, str(exc))
+        try:
+            result = service.database.run(lambda conn: process_delivery(conn, event, service.rules))
+        finally:
+            metrics.POOL_IN_USE.set(service.database.in_use())
         log_result(result)
+        outcome = "duplicate" if result.duplicate else result.outcome.status
+        metrics.EVENTS.labels(event.type, outcome).inc()
+        metrics.PROCESSING_SECONDS.observe(result.duration_ms / 1000)
         body = {
             "received": True,
             "id": event.id,
@@ -94,6 +105,12 @@ def _register_routes(app: Flask, service: Service) -> None:
             "duplicate": result.duplicate,
         }
         return jsonify(body), 200
+
+    @app.get("/metrics")
+    def prometheus_metrics() -> Response:
+        return Response(
+            metrics.render(service.database), mimetype=None, content_type=metrics.CONTENT_TYPE
+        )
 
     @app.get("/healthz")
     def health() -> tuple[Response, int]:
@@ -116,6 +133,7 @@ def _register_errors(app: Flask) -> None:
     @app.errorhandler(DatabaseUnavailable)
     def database_unavailable(exc: DatabaseUnavailable) -> tuple[Response, int]:
         log.warning("database unavailable: %s", exc)
+        metrics.DATABASE_UNAVAILABLE.inc()
         response, status = _error(503, "database unavailable, retry later")
         response.headers["Retry-After"] = RETRY_AFTER_SECONDS
         return response, status

@@ -7,6 +7,12 @@ graceful_timeout seconds, and the worker's exit handlers close its pool.
 """
 
 import os
+import tempfile
+
+# Workers are separate processes: prometheus_client adds their counts up through files in
+# this folder. Set here, in the master, so every worker inherits it.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="webhook-metrics-")
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -18,3 +24,10 @@ keepalive = 5
 accesslog = "-"
 # The access log names method, path, status and timing; never headers, so no signature.
 access_log_format = '{"log":"access","method":"%(m)s","path":"%(U)s","status":%(s)s,"ms":%(M)s}'
+
+
+def child_exit(server, worker) -> None:
+    """Drop a dead worker's live gauges (its counters stay in the totals)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

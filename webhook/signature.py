@@ -17,7 +17,15 @@ from webhook.errors import ProjectError
 
 
 class SignatureError(ProjectError):
-    """The request does not carry a valid, current Stripe signature."""
+    """The request does not carry a valid, current Stripe signature.
+
+    `code` is one of a few fixed words (missing, garbled, encoding, mismatch, timestamp),
+    safe to use as a metric label.
+    """
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -37,17 +45,17 @@ class SignatureVerifier:
     def verify(self, payload: bytes, header: str | None, *, now: float | None = None) -> int:
         """Return the signed timestamp, or raise SignatureError saying what is wrong."""
         if not header or not header.strip():
-            raise SignatureError("missing Stripe-Signature header")
+            raise SignatureError("missing Stripe-Signature header", "missing")
         timestamp = _timestamp(header)
         try:
             text = payload.decode("utf-8")
         except UnicodeDecodeError:
-            raise SignatureError("body is not UTF-8") from None
+            raise SignatureError("body is not UTF-8", "encoding") from None
         if not any(self._matches(text, header, secret) for secret in self.secrets):
-            raise SignatureError("no signature matches the endpoint's signing secret")
+            raise SignatureError("no signature matches the endpoint's signing secret", "mismatch")
         current = time.time() if now is None else now
         if abs(current - timestamp) > self.tolerance_seconds:
-            raise SignatureError("timestamp outside the tolerance window")
+            raise SignatureError("timestamp outside the tolerance window", "timestamp")
         return timestamp
 
     @staticmethod
@@ -65,11 +73,11 @@ def _timestamp(header: str) -> int:
     for item in header.split(","):
         key, sep, value = item.partition("=")
         if not sep:
-            raise SignatureError("garbled Stripe-Signature header")
+            raise SignatureError("garbled Stripe-Signature header", "garbled")
         fields.setdefault(key, []).append(value)
     stamps = fields.get("t", [])
     if len(stamps) != 1 or not stamps[0].isdigit():
-        raise SignatureError("garbled Stripe-Signature header: no timestamp")
+        raise SignatureError("garbled Stripe-Signature header: no timestamp", "garbled")
     if not fields.get("v1"):
-        raise SignatureError("no v1 signature in Stripe-Signature header")
+        raise SignatureError("no v1 signature in Stripe-Signature header", "garbled")
     return int(stamps[0])

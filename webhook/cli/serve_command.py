@@ -39,6 +39,7 @@ class _Gunicorn(BaseApplication):
             self.cfg.set(key, getattr(gunicorn_config, key))
         self.cfg.set("accesslog", gunicorn_config.accesslog)
         self.cfg.set("access_log_format", gunicorn_config.access_log_format)
+        self.cfg.set("child_exit", gunicorn_config.child_exit)
         for key, value in self.options.items():
             self.cfg.set(key, value)
 

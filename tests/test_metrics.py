@@ -1,0 +1,66 @@
+"""GET /metrics: Prometheus text with event, signature and inbox figures."""
+
+import re
+
+from stripe_events import sign
+from webhook_support import SECRET
+
+
+def scrape(client) -> str:
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
+    return response.get_data(as_text=True)
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    """One sample's value (0 when absent: counters start unseen)."""
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        match = re.match(r"^(\w+)(?:\{(.*)\})? (\S+)$", line)
+        if match and match[1] == name and ",".join(sorted((match[2] or "").split(","))) == wanted:
+            return float(match[3])
+    return 0.0
+
+
+def test_events_are_counted_by_type_and_outcome(client, stripe, factory) -> None:
+    before = scrape(client)
+    delivery = factory.other("charge.succeeded")
+    stripe.send_all([delivery, delivery])
+    after = scrape(client)
+    for outcome in ("ignored", "duplicate"):
+        labels = {"type": "charge.succeeded", "outcome": outcome}
+        assert (
+            value(after, "webhook_events_total", **labels)
+            == value(before, "webhook_events_total", **labels) + 1
+        )
+    count = "webhook_processing_seconds_count"
+    assert value(after, count) == value(before, count) + 2
+
+
+def test_signature_failures_are_counted_by_reason(client, factory) -> None:
+    before = scrape(client)
+    body = factory.other().body
+    client.post("/webhook", data=body, headers={"Stripe-Signature": sign(body, "whsec_wrong")})
+    client.post("/webhook", data=body)
+    after = scrape(client)
+    for reason in ("mismatch", "missing"):
+        assert value(after, "webhook_signature_failures_total", reason=reason) == (
+            value(before, "webhook_signature_failures_total", reason=reason) + 1
+        )
+
+
+def test_the_oldest_failed_event_age_comes_from_the_inbox(
+    conn, client, stripe, factory, plans
+) -> None:
+    assert value(scrape(client), "webhook_oldest_failed_event_age_seconds") == 0
+    failing = factory.checkout_completed(
+        customer="cus_1", subscription=None, client_reference_id=None
+    )
+    stripe.send_all([failing])
+    conn.execute("update webhook_private.events set received_at = now() - interval '1 hour'")
+    text = scrape(client)
+    assert value(text, "webhook_oldest_failed_event_age_seconds") >= 3600
+    assert value(text, "webhook_inbox_events", status="failed") == 1
+    assert "webhook_db_pool_connections_in_use" in text
+    assert SECRET not in text

@@ -1,0 +1,97 @@
+"""Prometheus metrics for GET /metrics.
+
+Under gunicorn each worker counts on its own; with PROMETHEUS_MULTIPROC_DIR set (the
+gunicorn config sets it) the counts of all workers, live and dead, are added up at scrape
+time. Two figures are read from the database at scrape time instead of being counted: the
+age of the oldest failed event, and how many events wait in each status. Labels are event
+types and fixed words only; no ids, no customer data.
+"""
+
+import os
+from collections.abc import Iterator
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from webhook.errors import DatabaseUnavailable
+from webhook.pool import Database
+
+EVENTS = Counter(
+    "webhook_events", "Stripe events received, by event type and outcome.", ["type", "outcome"]
+)
+SIGNATURE_FAILURES = Counter(
+    "webhook_signature_failures", "Requests rejected before storing, by reason.", ["reason"]
+)
+DATABASE_UNAVAILABLE = Counter(
+    "webhook_database_unavailable", "Requests answered 503 because the database was unavailable."
+)
+PROCESSING_SECONDS = Histogram(
+    "webhook_processing_seconds",
+    "Time to store and apply one event, in seconds.",
+    buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+POOL_IN_USE = Gauge(
+    "webhook_db_pool_connections_in_use",
+    "Database connections lent out by the workers' pools.",
+    multiprocess_mode="livesum",
+)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class _InboxCollector(Collector):
+    """Figures read from the inbox at scrape time."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            with self.database.connection(timeout=2.0) as conn:
+                oldest = conn.execute(
+                    "select coalesce(extract(epoch from now() - min(received_at)), 0)"
+                    " from webhook_private.events where status = 'failed'"
+                ).fetchone()[0]
+                waiting = conn.execute(
+                    "select status, count(*) from webhook_private.events"
+                    " where status in ('failed', 'received') group by status"
+                ).fetchall()
+        except DatabaseUnavailable:
+            return
+        yield GaugeMetricFamily(
+            "webhook_oldest_failed_event_age_seconds",
+            "Age of the oldest event still failed (0 when none is).",
+            value=float(oldest),
+        )
+        family = GaugeMetricFamily(
+            "webhook_inbox_events",
+            "Events in the inbox by status (failed, received).",
+            labels=["status"],
+        )
+        counts = dict(waiting)
+        for status in ("failed", "received"):
+            family.add_metric([status], counts.get(status, 0))
+        yield family
+
+
+def render(database: Database) -> bytes:
+    """The exposition text: counted metrics (all workers) plus the inbox figures."""
+    POOL_IN_USE.set(database.in_use())
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        counted = CollectorRegistry()
+        multiprocess.MultiProcessCollector(counted)
+    else:
+        counted = REGISTRY
+    inbox = CollectorRegistry()
+    inbox.register(_InboxCollector(database))
+    return generate_latest(counted) + generate_latest(inbox)
