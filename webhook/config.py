@@ -33,6 +33,7 @@ class Settings:
     database_url: str | None = None
     tolerance_seconds: int = 300
     stripe_api_key: str | None = field(default=None, repr=False)
+    stripe_api_base: str | None = None
     entitled_statuses: frozenset[str] = frozenset(DEFAULT_ENTITLED_STATUSES)
     pool_min_size: int = 1
     pool_max_size: int = 4
@@ -74,6 +75,7 @@ def load_settings(
         database_url=env.get("DATABASE_URL", "").strip() or None,
         tolerance_seconds=_int(env, "STRIPE_WEBHOOK_TOLERANCE", 300, minimum=1),
         stripe_api_key=env.get("STRIPE_API_KEY", "").strip() or None,
+        stripe_api_base=env.get("STRIPE_API_BASE", "").strip() or None,
         entitled_statuses=_statuses(env),
         pool_min_size=pool_min,
         pool_max_size=pool_max,

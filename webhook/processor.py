@@ -8,7 +8,7 @@ error rolls back to a savepoint, so a failed event leaves only its inbox row beh
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psycopg
 
@@ -25,7 +25,8 @@ class ProcessingRules:
     """The configuration a handler may consult."""
 
     entitled_statuses: frozenset[str]
-    stripe_api_key: str | None = None
+    stripe_api_key: str | None = field(default=None, repr=False)
+    stripe_api_base: str | None = None
     lock_timeout_ms: int = 5000
     statement_timeout_ms: int = 15000
 
@@ -82,7 +83,9 @@ def apply(
     if handler is None:
         outcome = Outcome.ignored()
     else:
-        context = Context(conn, event, rules.entitled_statuses, rules.stripe_api_key)
+        context = Context(
+            conn, event, rules.entitled_statuses, rules.stripe_api_key, rules.stripe_api_base
+        )
         try:
             with conn.transaction():
                 outcome = handler(context)

@@ -17,6 +17,7 @@ def _rules() -> ProcessingRules:
     return ProcessingRules(
         entitled_statuses=settings.entitled_statuses,
         stripe_api_key=settings.stripe_api_key,
+        stripe_api_base=settings.stripe_api_base,
         lock_timeout_ms=settings.lock_timeout_ms,
         statement_timeout_ms=settings.statement_timeout_ms,
     )

@@ -24,6 +24,7 @@ class Context:
     event: Event
     entitled_statuses: frozenset[str]
     stripe_api_key: str | None = field(default=None, repr=False)
+    stripe_api_base: str | None = None
 
 
 @dataclass(frozen=True)

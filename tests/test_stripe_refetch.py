@@ -1,0 +1,127 @@
+"""A tie the events cannot break is settled by asking Stripe (STRIPE_API_KEY set).
+
+Stripe's API is played by a small HTTP server on 127.0.0.1 that serves the subscription
+as Stripe would; the stripe library reaches it through STRIPE_API_BASE.
+"""
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from stripe_events import EventFactory
+from webhook_support import StripeSender, build_app
+
+
+class FakeStripe:
+    """Answers GET /v1/subscriptions/<id> with whatever `subscriptions` holds."""
+
+    def __init__(self) -> None:
+        self.subscriptions: dict[str, dict] = {}
+        self.requests: list[str] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                fake.requests.append(self.path)
+                sub_id = self.path.rsplit("/", 1)[-1].split("?")[0]
+                found = fake.subscriptions.get(sub_id)
+                body = json.dumps(found or {"error": {"type": "invalid_request_error"}}).encode()
+                self.send_response(200 if found else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_args: object) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def fake_stripe() -> Iterator[FakeStripe]:
+    fake = FakeStripe()
+    yield fake
+    fake.close()
+
+
+def tied_pair(factory: EventFactory):
+    """Cancel and un-cancel in one second: same status, period and type, so a full tie."""
+    common = {
+        "sub_id": "sub_1",
+        "customer": "cus_1",
+        "status": "active",
+        "price_ids": ["price_pro"],
+    }
+    start = factory.clock
+    cancel = factory.subscription(
+        "customer.subscription.updated", cancel_at_period_end=True, period_start=start, **common
+    )
+    keep = factory.subscription(
+        "customer.subscription.updated", cancel_at_period_end=False, period_start=start, **common
+    )
+    assert cancel.event["created"] == keep.event["created"]
+    return cancel, keep
+
+
+def mirror(conn) -> tuple:
+    return conn.execute(
+        "select cancel_at_period_end, event_id from webhook_private.subscriptions where id = 'sub_1'"
+    ).fetchone()
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_a_full_tie_takes_stripes_current_state(db_url, conn, plans, fake_stripe, reverse) -> None:
+    factory = EventFactory()
+    cancel, keep = tied_pair(factory)
+    fake_stripe.subscriptions["sub_1"] = cancel.event["data"]["object"]
+    app = build_app(db_url, STRIPE_API_KEY="sk_test_fake", STRIPE_API_BASE=fake_stripe.url)
+    try:
+        order = [keep, cancel] if reverse else [cancel, keep]
+        StripeSender(app.test_client()).send_all(order)
+        StripeSender(app.test_client()).send_all(order)  # redeliveries change nothing
+    finally:
+        app.extensions["webhook"].database.close()
+    assert mirror(conn)[0] is True
+    assert fake_stripe.requests == ["/v1/subscriptions/sub_1"]
+
+
+def test_without_an_api_key_the_tie_breaks_the_same_way_in_any_order(db_url, conn, plans) -> None:
+    results = set()
+    for reverse in (False, True):
+        conn.execute("truncate webhook_private.events, webhook_private.subscriptions cascade")
+        factory = EventFactory(seed=7)
+        cancel, keep = tied_pair(factory)
+        app = build_app(db_url)
+        try:
+            StripeSender(app.test_client()).send_all([keep, cancel] if reverse else [cancel, keep])
+        finally:
+            app.extensions["webhook"].database.close()
+        expected = max([cancel, keep], key=lambda d: d.id)
+        assert mirror(conn) == (
+            expected.event["data"]["object"]["cancel_at_period_end"],
+            expected.id,
+        )
+        results.add(mirror(conn)[0])
+    assert len(results) == 1
+
+
+def test_a_failed_lookup_falls_back_to_the_tie_break(db_url, conn, plans, fake_stripe) -> None:
+    factory = EventFactory()
+    cancel, keep = tied_pair(factory)
+    app = build_app(db_url, STRIPE_API_KEY="sk_test_fake", STRIPE_API_BASE=fake_stripe.url)
+    try:
+        StripeSender(app.test_client()).send_all([cancel, keep])
+    finally:
+        app.extensions["webhook"].database.close()
+    expected = max([cancel, keep], key=lambda d: d.id)
+    assert mirror(conn)[1] == expected.id
+    assert fake_stripe.requests == ["/v1/subscriptions/sub_1"]
