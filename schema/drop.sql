@@ -2,6 +2,9 @@
 -- one transaction. It never deletes rows of auth.users, and it leaves the auth stub and
 -- the roles alone (on a plain PostgreSQL auth.users holds your users; roles are shared by
 -- every database of the server).
+-- webhook_private goes first: its tables hold foreign keys to public.customer, and its
+-- touch_updated_at() is what the updated_at triggers of plans and customer call.
+drop schema if exists webhook_private cascade;
 drop view if exists public.customer_plan_history;
 drop view if exists public.usage_analytics;
 drop trigger if exists on_auth_user_updated on auth.users;
@@ -14,4 +17,3 @@ drop function if exists public.log_customer_changes();
 drop function if exists public.handle_customer_plan_update();
 drop function if exists public.handle_user_update();
 drop function if exists public.handle_new_user();
-drop schema if exists webhook_private cascade;

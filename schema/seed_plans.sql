@@ -5,13 +5,16 @@
 insert into public.plans (name, price, price_currency, benefits, description, resources, stripe_price_id)
 select v.name, v.price, 'eur', v.benefits::jsonb, v.description, v.resources::jsonb, v.stripe_price_id
 from (values
-  ('Basic', 9.99, '["Feature 1", "Feature 2"]', 'Basic plan for starters',
+  (1, 'Basic', 9.99, '["Feature 1", "Feature 2"]', 'Basic plan for starters',
    '{"api_calls": 1000, "storage_gb": 10}', 'price_sample_basic'),
-  ('Pro', 19.99, '["Feature 1", "Feature 2", "Feature 3"]', 'Pro plan for power users',
+  (2, 'Pro', 19.99, '["Feature 1", "Feature 2", "Feature 3"]', 'Pro plan for power users',
    '{"api_calls": 5000, "storage_gb": 50}', 'price_sample_pro'),
-  ('Enterprise', 49.99, '["Feature 1", "Feature 2", "Feature 3", "Feature 4"]',
+  (3, 'Enterprise', 49.99, '["Feature 1", "Feature 2", "Feature 3", "Feature 4"]',
    'Enterprise plan for large organizations', '{"api_calls": 20000, "storage_gb": 200}',
    'price_sample_enterprise')
-) as v(name, price, benefits, description, resources, stripe_price_id)
+) as v(ord, name, price, benefits, description, resources, stripe_price_id)
 where not exists (select from public.plans p where p.name = v.name)
-  and not exists (select from public.plans p where p.stripe_price_id = v.stripe_price_id);
+  and not exists (select from public.plans p where p.stripe_price_id = v.stripe_price_id)
+-- In the listed order, so the ids of a fresh database are Basic 1, Pro 2, Enterprise 3
+-- (the anti-joins above may otherwise hand the rows over in any order).
+order by v.ord;

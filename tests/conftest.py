@@ -159,14 +159,14 @@ def acting_as(conn: psycopg.Connection, role: str, user_id: uuid.UUID | None = N
 # --- Fixtures for the schema and migration tests -------------------------------------
 
 
-@pytest.fixture
-def empty_db_url(postgresql_server) -> Iterator[str]:
-    """A URL for a brand-new database with nothing migrated into it; dropped afterwards.
+@contextmanager
+def fresh_database(server) -> Iterator[str]:
+    """Create a brand-new, empty database on `server` (a pytest-postgresql executor); yield
+    its URL; drop it afterwards.
 
     Roles are shared by the whole server, so anon/authenticated/service_role already exist
     (the template's migration created them); everything else is absent.
     """
-    server = postgresql_server
     admin = make_conninfo(
         host=server.host,
         port=server.port,
@@ -174,7 +174,8 @@ def empty_db_url(postgresql_server) -> Iterator[str]:
         dbname=server.maintenance_dbname,
         password=server.password or None,
     )
-    name = f"webhook_empty_{uuid.uuid4().hex[:12]}"
+    # Named like the per-run databases, so a killed run's leftovers are dropped with them.
+    name = f"{TEST_DB_PREFIX}{os.getpid()}_empty_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'create database "{name}" template template0')
     try:
@@ -188,6 +189,13 @@ def empty_db_url(postgresql_server) -> Iterator[str]:
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'drop database if exists "{name}" with (force)')
+
+
+@pytest.fixture
+def empty_db_url(postgresql_server) -> Iterator[str]:
+    """A URL for a brand-new database with nothing migrated into it; dropped afterwards."""
+    with fresh_database(postgresql_server) as url:
+        yield url
 
 
 # Webhook fixtures (app, client, stripe, factory, user) live in their own module.

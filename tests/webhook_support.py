@@ -123,7 +123,8 @@ def outcome_rows(conn: psycopg.Connection) -> dict[str, Any]:
             " from webhook_private.subscriptions order by id"
         ).fetchall(),
         "links": conn.execute(
-            "select stripe_customer_id, customer_uuid from webhook_private.customer_links order by 1"
+            "select stripe_customer_id, customer_uuid from webhook_private.customer_links"
+            " where customer_uuid is not null order by 1"
         ).fetchall(),
         "inbox": conn.execute("select id, type from webhook_private.events order by id").fetchall(),
     }

@@ -15,6 +15,7 @@ import psycopg
 
 from webhook.entitlement import Entitlement, PlanPrice, entitled_plan
 from webhook.errors import ProjectError
+from webhook.stripe_objects import timestamp
 
 
 class ApplyError(ProjectError):
@@ -49,7 +50,7 @@ def lock_stripe_customer(conn: psycopg.Connection, stripe_customer_id: str) -> N
 
 
 def linked_customer(conn: psycopg.Connection, stripe_customer_id: str) -> uuid.UUID | None:
-    """Our customer that owns this Stripe customer, if it is linked."""
+    """Our customer that owns this Stripe customer; None if unlinked or deleted."""
     row = conn.execute(
         "select customer_uuid from webhook_private.customer_links where stripe_customer_id = %s",
         (stripe_customer_id,),
@@ -58,10 +59,28 @@ def linked_customer(conn: psycopg.Connection, stripe_customer_id: str) -> uuid.U
 
 
 def link(
-    conn: psycopg.Connection, stripe_customer_id: str, customer: uuid.UUID, event_id: str
+    conn: psycopg.Connection,
+    stripe_customer_id: str,
+    customer: uuid.UUID,
+    event_id: str,
+    event_created: int,
 ) -> set[uuid.UUID]:
-    """Make `customer` own `stripe_customer_id`; return the customers whose plan may change."""
-    previous = linked_customer(conn, stripe_customer_id)
+    """Make `customer` own `stripe_customer_id`; return the customers whose plan may change.
+
+    The newest event (by Stripe's `created`) decides who owns a Stripe customer, whatever
+    the order the events are applied in; a deleted Stripe customer is never linked again.
+    """
+    existing = conn.execute(
+        "select customer_uuid, event_created, deleted_at from webhook_private.customer_links"
+        " where stripe_customer_id = %s for update",
+        (stripe_customer_id,),
+    ).fetchone()
+    created = timestamp(event_created)
+    if existing is not None and existing[2] is not None:
+        return set()  # the Stripe customer was deleted; nothing can link it any more
+    if existing is not None and existing[0] != customer and existing[1] > created:
+        return {existing[0]}  # an older event cannot take the link from its newer owner
+    previous = existing[0] if existing is not None else None
     affected = {customer} | ({previous} if previous else set())
     found = conn.execute(
         "select uuid from public.customer where uuid = any(%s) order by uuid for update",
@@ -69,58 +88,62 @@ def link(
     ).fetchall()
     if customer not in {row[0] for row in found}:
         raise ApplyError(f"no customer with uuid {customer}; the reference in the event is unknown")
-    if previous == customer:
-        conn.execute(
-            "update public.customer set stripe_customer_id = %s"
-            " where uuid = %s and stripe_customer_id is null",
-            (stripe_customer_id, customer),
-        )
-        return affected
     conn.execute(
         """
-        insert into webhook_private.customer_links (stripe_customer_id, customer_uuid, linked_by_event)
-        values (%s, %s, %s)
+        insert into webhook_private.customer_links as l
+          (stripe_customer_id, customer_uuid, event_created, linked_by_event)
+        values (%s, %s, %s, %s)
         on conflict (stripe_customer_id) do update
-          set customer_uuid = excluded.customer_uuid, linked_at = now(),
-              linked_by_event = excluded.linked_by_event
+          set customer_uuid = excluded.customer_uuid,
+              event_created = greatest(l.event_created, excluded.event_created),
+              linked_by_event = case when excluded.event_created >= l.event_created
+                                     then excluded.linked_by_event else l.linked_by_event end,
+              linked_at = now()
         """,
-        (stripe_customer_id, customer, event_id),
+        (stripe_customer_id, customer, created, event_id),
     )
-    if previous is not None:
-        _show_latest_link(conn, previous)
-    conn.execute(
-        "update public.customer set stripe_customer_id = %s where uuid = %s"
-        " and stripe_customer_id is distinct from %s",
-        (stripe_customer_id, customer, stripe_customer_id),
-    )
+    if previous is not None and previous != customer:
+        _show_latest_link(conn, previous)  # first: stripe_customer_id is unique
+    _show_latest_link(conn, customer)
     return affected
 
 
-def unlink(conn: psycopg.Connection, stripe_customer_id: str) -> uuid.UUID | None:
-    """Forget a deleted Stripe customer; return the customer that owned it."""
-    row = conn.execute(
-        "delete from webhook_private.customer_links where stripe_customer_id = %s"
-        " returning customer_uuid",
-        (stripe_customer_id,),
-    ).fetchone()
-    if row is None:
-        return None
-    conn.execute("select 1 from public.customer where uuid = %s for update", (row[0],))
-    _show_latest_link(conn, row[0])
-    return row[0]
+def unlink(
+    conn: psycopg.Connection, stripe_customer_id: str, event_created: int
+) -> uuid.UUID | None:
+    """Mark a Stripe customer deleted (for good); return the customer that owned it."""
+    previous = linked_customer(conn, stripe_customer_id)
+    if previous is not None:
+        conn.execute("select 1 from public.customer where uuid = %s for update", (previous,))
+    created = timestamp(event_created)
+    conn.execute(
+        """
+        insert into webhook_private.customer_links as l
+          (stripe_customer_id, customer_uuid, event_created, deleted_at)
+        values (%s, null, %s, %s)
+        on conflict (stripe_customer_id) do update
+          set customer_uuid = null, deleted_at = excluded.deleted_at,
+              event_created = greatest(l.event_created, excluded.event_created)
+        """,
+        (stripe_customer_id, created, created),
+    )
+    if previous is not None:
+        _show_latest_link(conn, previous)
+    return previous
 
 
 def _show_latest_link(conn: psycopg.Connection, customer: uuid.UUID) -> None:
-    """customer.stripe_customer_id shows the most recently linked Stripe customer, or null."""
+    """customer.stripe_customer_id shows its newest live Stripe customer (by event), or null."""
     conn.execute(
         """
         update public.customer c
-           set stripe_customer_id = (
-             select l.stripe_customer_id from webhook_private.customer_links l
-              where l.customer_uuid = c.uuid order by l.linked_at desc, l.stripe_customer_id limit 1)
-         where c.uuid = %s
+           set stripe_customer_id = latest.id
+          from (select (select l.stripe_customer_id from webhook_private.customer_links l
+                         where l.customer_uuid = %(c)s
+                         order by l.event_created desc, l.stripe_customer_id desc limit 1) as id) latest
+         where c.uuid = %(c)s and c.stripe_customer_id is distinct from latest.id
         """,
-        (customer,),
+        {"c": customer},
     )
 
 

@@ -27,7 +27,8 @@ class ReconcileReport:
 def linked_customers(conn: psycopg.Connection) -> list[uuid.UUID]:
     """Every customer with at least one Stripe customer linked."""
     rows = conn.execute(
-        "select distinct customer_uuid from webhook_private.customer_links order by 1"
+        "select distinct customer_uuid from webhook_private.customer_links"
+        " where customer_uuid is not null order by 1"
     ).fetchall()
     return [row[0] for row in rows]
 

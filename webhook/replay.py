@@ -44,6 +44,30 @@ def failed_event_ids(conn: psycopg.Connection, event_type: str | None = None) ->
     return [row[0] for row in rows]
 
 
+def check_replayable(conn: psycopg.Connection, event_ids: Iterable[str]) -> None:
+    """Raise UnknownEvent for the first id that is not in the inbox or has lost its payload.
+
+    Called before anything is applied, so that `replay A B` with a mistyped B replays
+    neither, instead of committing A and then stopping without having reported it.
+    """
+    ids = list(dict.fromkeys(event_ids))
+    rows = conn.execute(
+        "select id, payload is not null, purged_at from webhook_private.events where id = any(%s)",
+        (ids,),
+    ).fetchall()
+    found = {event_id: (has_payload, purged_at) for event_id, has_payload, purged_at in rows}
+    for event_id in ids:
+        if event_id not in found:
+            raise UnknownEvent(f"no event {event_id} in the inbox; nothing was replayed")
+        has_payload, purged_at = found[event_id]
+        if not has_payload:
+            when = f" on {purged_at:%Y-%m-%d}" if purged_at is not None else ""
+            raise UnknownEvent(
+                f"the payload of event {event_id} was purged{when}, so it cannot be replayed;"
+                " nothing was replayed"
+            )
+
+
 def replay_event(
     conn: psycopg.Connection, event_id: str, rules: ProcessingRules, *, dry_run: bool = False
 ) -> ReplayResult:
@@ -74,6 +98,7 @@ def replay_many(
 ) -> list[ReplayResult]:
     """Replay each event in its own transaction, in the order given."""
     ids = list(event_ids)
+    check_replayable(conn, ids)
     results = []
     for index, event_id in enumerate(ids, start=1):
         results.append(replay_event(conn, event_id, rules, dry_run=dry_run))

@@ -1,10 +1,10 @@
 """serve: what `make dev` runs; the same gunicorn set-up as the Procfile's web line.
 
 Without DATABASE_URL it is a development server: it starts the embedded PostgreSQL in
-./.pgdata, applies the migrations, seeds the sample plans and a demo customer once, and
-signs with a local secret kept in ./.dev-secret (besides any STRIPE_WEBHOOK_SECRET, so
-`stripe listen` and `webhook trigger` both work). Ctrl-C stops gunicorn and then, from
-the exit handlers, the embedded PostgreSQL.
+./.pgdata ($EMBEDDED_PGDATA), applies the migrations, seeds the sample plans and a demo
+customer once, and signs with a local secret kept in ./.dev-secret (besides any
+STRIPE_WEBHOOK_SECRET, so `stripe listen` and `webhook trigger` both work). Ctrl-C stops
+gunicorn and then, from the exit handlers, the embedded PostgreSQL.
 """
 
 import os
@@ -19,7 +19,7 @@ from webhook.cli import cli
 from webhook.config import load_settings
 from webhook.db import connect, mask_url
 from webhook.devsecret import dev_secret
-from webhook.embedded import embedded_database_url
+from webhook.embedded import DEFAULT_PGDATA, embedded_database_url
 
 DEMO_CUSTOMER = "00000000-0000-4000-8000-00000000d3e0"
 DEMO_EMAIL = "demo@example.test"
@@ -105,8 +105,9 @@ def _banner(url: str, host: str, port: int, development: bool, local_secret: str
     shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
     target = f"{shown}:{port}/webhook"
     click.echo(f"\nwebhook target: http://{target}")
+    pgdata = os.environ.get("EMBEDDED_PGDATA") or f"./{DEFAULT_PGDATA}"
     click.echo(
-        f"database:       {'embedded PostgreSQL in ./.pgdata' if development else mask_url(url)}"
+        f"database:       {f'embedded PostgreSQL in {pgdata}' if development else mask_url(url)}"
     )
     if local_secret:
         click.echo(f"signing secret: {local_secret}  (development only, kept in ./.dev-secret)")

@@ -26,5 +26,5 @@ def handle_checkout(ctx: Context) -> Outcome:
     if stripe_customer is None:
         raise ApplyError("checkout session has no Stripe customer to link")
     accounts.lock_stripe_customer(ctx.conn, stripe_customer)
-    affected = accounts.link(ctx.conn, stripe_customer, customer, ctx.event.id)
+    affected = accounts.link(ctx.conn, stripe_customer, customer, ctx.event.id, ctx.event.created)
     return recompute_all(ctx, affected)

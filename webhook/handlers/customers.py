@@ -11,7 +11,7 @@ def handle_customer(ctx: Context) -> Outcome:
     if stripe_customer is None or customer is None:
         return Outcome.ignored()
     accounts.lock_stripe_customer(ctx.conn, stripe_customer)
-    affected = accounts.link(ctx.conn, stripe_customer, customer, ctx.event.id)
+    affected = accounts.link(ctx.conn, stripe_customer, customer, ctx.event.id, ctx.event.created)
     return recompute_all(ctx, affected)
 
 
@@ -21,7 +21,7 @@ def handle_customer_deleted(ctx: Context) -> Outcome:
     if stripe_customer is None:
         return Outcome.ignored()
     accounts.lock_stripe_customer(ctx.conn, stripe_customer)
-    former_owner = accounts.unlink(ctx.conn, stripe_customer)
+    former_owner = accounts.unlink(ctx.conn, stripe_customer, ctx.event.created)
     if former_owner is None:
         return Outcome.ignored()
     return recompute_all(ctx, [former_owner])

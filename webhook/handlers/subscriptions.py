@@ -51,7 +51,9 @@ def handle_subscription(ctx: Context) -> Outcome:
     _upsert(ctx.conn, state, key, event_id, fetched)
     affected = set()
     if (customer := metadata_customer_uuid(ctx.event.object)) is not None:
-        affected |= accounts.link(ctx.conn, state.customer, customer, ctx.event.id)
+        affected |= accounts.link(
+            ctx.conn, state.customer, customer, ctx.event.id, ctx.event.created
+        )
     elif (customer := accounts.linked_customer(ctx.conn, state.customer)) is not None:
         affected.add(customer)
     if not affected:
