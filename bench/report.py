@@ -1,0 +1,110 @@
+"""bench/results/results.md and chart.png from the numbers run.py collected."""
+
+from pathlib import Path
+
+TARGETS = {
+    "ratio": 0.6,
+    "p99_ms": 50.0,
+    "scale_ratio": 0.9,
+    "rss_drift": 0.10,
+    "operator_rate": 5000.0,
+}
+
+
+def _mark(ok: bool) -> str:
+    return "met" if ok else "**not met**"
+
+
+def rss_drift(memory: dict) -> tuple[float, float, float]:
+    """Summed worker RSS after warm-up (10% of the events) and at the end, and the change."""
+    samples = [(sent, sum(sizes)) for sent, sizes in memory["samples"] if sizes]
+    if len(samples) < 2:
+        return 0.0, 0.0, 0.0
+    warm = next((rss for sent, rss in samples if sent >= memory["events"] * 0.1), samples[0][1])
+    last = samples[-1][1]
+    return warm, last, (last - warm) / warm if warm else 0.0
+
+
+def write_markdown(results: dict, path: Path) -> None:
+    small, large, ops = results["small"], results["large"], results["operators"]
+    fixed = small["fixed_rate"]
+    machine = results["machine"]
+    scale = large["best_rate"] / small["best_rate"]
+    warm, last, drift = rss_drift(results["memory"])
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Machine: {machine['cpus']} cores ({machine['cpu_model']}), {machine['memory_gb']} GiB,"
+        f" {machine['platform']}, Python {machine['python']}; PostgreSQL on the same host.",
+        f"Workload: {results['mix']}; every event unique and signed. Whole run: {results['seconds']} s.",
+        "",
+        "## Targets",
+        "",
+        "| target | measured | |",
+        "|---|---|---|",
+        f"| webhook events/s ≥ 0.6 x pgbench floor | {small['best_rate']:.0f} / {small['pgbench_tps']:.0f}"
+        f" = {small['ratio']:.2f} | {_mark(small['ratio'] >= TARGETS['ratio'])} |",
+        f"| p99 ≤ 50 ms at 70% of max | {fixed['rate']:.0f} events/s: p50 {fixed['p50_ms']:.1f},"
+        f" p95 {fixed['p95_ms']:.1f}, p99 {fixed['p99_ms']:.1f} ms | {_mark(fixed['p99_ms'] <= TARGETS['p99_ms'])} |",
+        f"| ≥ 0.9 x throughput at {large['customers']:,} vs {small['customers']:,} customers |"
+        f" {large['best_rate']:.0f} / {small['best_rate']:.0f} = {scale:.2f} | {_mark(scale >= TARGETS['scale_ratio'])} |",
+        f"| worker RSS flat (±10%) across {results['memory']['events']:,} events | {warm:.0f} → {last:.0f} MiB"
+        f" ({drift:+.1%}) | {_mark(abs(drift) <= TARGETS['rss_drift'])} |",
+        f"| reconcile ≥ 5 000 rows/s over {ops['rows']:,} rows | {ops['reconcile_rate']:.0f} rows/s |"
+        f" {_mark(ops['reconcile_rate'] >= TARGETS['operator_rate'])} |",
+        f"| replay --failed ≥ 5 000 rows/s over {ops['rows']:,} rows | {ops['replay_rate']:.0f} rows/s |"
+        f" {_mark(ops['replay_rate'] >= TARGETS['operator_rate'])} |",
+        "",
+        "## Throughput and latency by concurrency",
+        "",
+        "| customers | connections | events/s | p50 ms | p95 ms | p99 ms | app CPU s | PostgreSQL CPU s | wrk CPU s | non-2xx |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for phase in (small, large):
+        for run in phase["runs"]:
+            lines.append(
+                f"| {phase['customers']:,} | {run['connections']} | {run['rate']:.0f} | {run['p50_ms']:.1f} |"
+                f" {run['p95_ms']:.1f} | {run['p99_ms']:.1f} | {run['app_cpu']:.1f} | {run['postgres_cpu']:.1f} |"
+                f" {run['wrk_cpu']:.1f} | {run['non_2xx'] + run['socket_errors']} |"
+            )
+    lines += [
+        "",
+        f"pgbench floor (store the event, update the customer's plan, triggers fire) at"
+        f" {small['pgbench_connections']} connections: {small['pgbench_tps']:.0f} tps with"
+        f" {small['customers']:,} customers, {large['pgbench_tps']:.0f} tps with {large['customers']:,}.",
+        f"Worker RSS at the end of the load runs: {', '.join(f'{r:.0f}' for r in small['worker_rss_mb'])} MiB.",
+        "",
+        "![throughput and latency](chart.png)",
+        "",
+    ]
+    path.write_text("\n".join(lines))
+
+
+def write_chart(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = results["small"]["runs"]
+    connections = [r["connections"] for r in runs]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(connections, [r["rate"] for r in runs], marker="o", label="webhook")
+    left.axhline(
+        results["small"]["pgbench_tps"], color="grey", linestyle="--", label="pgbench floor"
+    )
+    left.set_xscale("log", base=2)
+    left.set_xlabel("concurrent connections")
+    left.set_ylabel("events/s")
+    left.set_title("Throughput")
+    left.legend()
+    for key, label in (("p50_ms", "p50"), ("p95_ms", "p95"), ("p99_ms", "p99")):
+        right.plot(connections, [r[key] for r in runs], marker="o", label=label)
+    right.set_xscale("log", base=2)
+    right.set_xlabel("concurrent connections")
+    right.set_ylabel("latency, ms")
+    right.set_title("Latency")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

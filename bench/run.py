@@ -1,0 +1,272 @@
+"""`make bench`: the webhook's production path under load, against PostgreSQL's own floor.
+
+Phases, each on a freshly seeded database:
+1. 1 000 customers: a concurrency sweep with wrk (throughput, latency, CPU split), the
+   pgbench floor at the app's connection count, then a fixed-rate run at 70% of the best
+   throughput for latency percentiles.
+2. 1 000 000 customers and 1 000 000 old inbox events: the best concurrency again, to show
+   how the cost grows with data.
+3. Memory: worker RSS sampled across a long run (200 000 events by default).
+4. Operator commands: `reconcile` and `replay --failed` over 100 000 rows each.
+Results go to bench/results/ as results.md, results.json and chart.png.
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench import measure, report  # noqa: E402
+from bench.operators import measure_operators  # noqa: E402
+from bench.workload import Mix, deliveries, seed, write_wrk_files  # noqa: E402
+from webhook import migrations  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+WORK = RESULTS / "work"
+PGBENCH_SCRIPT = WORK / "pgbench_event.sql"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="Short runs and small data (a smoke test)."
+    )
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "2")))
+    parser.add_argument(
+        "--pool", type=int, default=4, help="Threads and pool connections per worker."
+    )
+    args = parser.parse_args()
+    plan = Plan.quick() if args.quick else Plan.full()
+    WORK.mkdir(parents=True, exist_ok=True)
+    _write_pgbench_script()
+    admin_url, postmaster_pid = _database()
+    results: dict = {"machine": _machine(), "plan": asdict(plan), "mix": Mix().describe()}
+    started = time.monotonic()
+
+    small = _fresh_database(admin_url, "webhook_bench_small", plan.small_customers, 0)
+    results["small"] = _load_phase(
+        small, postmaster_pid, plan, args, sweep=plan.sweep, label="small"
+    )
+    large = _fresh_database(admin_url, "webhook_bench_large", plan.large_customers, plan.old_events)
+    best = results["small"]["best_connections"]
+    results["large"] = _load_phase(
+        large, postmaster_pid, plan, args, sweep=(best,), label="large", fixed_rate=False
+    )
+    results["memory"] = _memory_phase(small, postmaster_pid, plan, args, best)
+    ops = _fresh_database(admin_url, "webhook_bench_ops", plan.operator_rows, 0)
+    results["operators"] = measure_operators(ops, plan.operator_rows)
+    results["seconds"] = round(time.monotonic() - started)
+
+    (RESULTS / "results.json").write_text(json.dumps(results, indent=2))
+    report.write_markdown(results, RESULTS / "results.md")
+    report.write_chart(results, RESULTS / "chart.png")
+    print((RESULTS / "results.md").read_text())
+
+
+class Plan:
+    """How big and how long: the full benchmark, or a quick smoke run."""
+
+    def __init__(self, **values: object) -> None:
+        self.__dict__.update(values)
+
+    @classmethod
+    def full(cls) -> "Plan":
+        return cls(sweep=(1, 2, 4, 8, 16), seconds=12, small_customers=1_000, large_customers=1_000_000,
+                   old_events=1_000_000, memory_events=200_000, operator_rows=100_000)  # fmt: skip
+
+    @classmethod
+    def quick(cls) -> "Plan":
+        return cls(sweep=(1, 4, 8), seconds=4, small_customers=1_000, large_customers=20_000,
+                   old_events=20_000, memory_events=6_000, operator_rows=2_000)  # fmt: skip
+
+
+def asdict(plan: Plan) -> dict:
+    return dict(plan.__dict__)
+
+
+def _database() -> tuple[str, int | None]:
+    """The server to benchmark on: BENCH_DATABASE_URL, else the embedded one in .pgdata-bench."""
+    url = os.environ.get("BENCH_DATABASE_URL", "").strip()
+    if url:
+        return url, None
+    from webhook.embedded import embedded_server
+
+    server = embedded_server(ROOT / ".pgdata-bench")
+    return server.get_uri(), server.get_pid()
+
+
+def _fresh_database(admin_url: str, name: str, customers: int, old_events: int) -> str:
+    print(f"seeding {name}: {customers:,} customers, {old_events:,} old events", flush=True)
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'drop database if exists "{name}" with (force)')
+        admin.execute(f'create database "{name}"')
+    params = conninfo_to_dict(admin_url)
+    params["dbname"] = name
+    url = make_conninfo(**params)
+    with psycopg.connect(url, autocommit=True) as conn:
+        migrations.migrate(conn)
+    seed(url, customers, old_events)
+    return url
+
+
+def _deliveries_file(
+    name: str, count: int, customers: int, seed_value: int, threads: int = 2
+) -> Path:
+    """Pre-signed deliveries for one wrk run, one file per wrk thread."""
+    prefix = WORK / name
+    write_wrk_files(prefix, deliveries(count, customers, seed_value=seed_value), threads=threads)
+    return prefix
+
+
+def _load_phase(
+    url: str, postmaster_pid, plan: Plan, args, *, sweep, label: str, fixed_rate: bool = True
+) -> dict:
+    customers = plan.small_customers if label == "small" else plan.large_customers
+    server = measure.Server(url, args.workers, WORK / f"gunicorn-{label}.log", args.pool)
+    runs = []
+    try:
+        for index, connections in enumerate(sweep):
+            budget = max(2_000, 1_500 * plan.seconds * min(connections, 8))
+            threads = min(2, connections)
+            prefix = _deliveries_file(
+                f"{label}-c{connections}", budget, customers, 100 * index + 7, threads
+            )
+            result = measure.run_wrk(server, prefix, connections=connections, seconds=plan.seconds,
+                                     postmaster_pid=postmaster_pid, threads=threads)  # fmt: skip
+            _check_budget(result, budget)
+            runs.append(asdict_result(result))
+            print(
+                f"{label}: {connections} connections -> {result.rate:.0f} events/s, p99 {result.p99_ms:.1f} ms",
+                flush=True,
+            )
+        best = max(runs, key=lambda r: r["rate"])
+        phase = {
+            "customers": customers,
+            "runs": runs,
+            "best_connections": best["connections"],
+            "best_rate": best["rate"],
+        }
+        if fixed_rate:
+            target = 0.7 * best["rate"]
+            connections = best["connections"]
+            delay = max(0.0, 1000 * connections / target - best["p50_ms"])
+            prefix = _deliveries_file(
+                f"{label}-fixed", int(target * plan.seconds * 1.5) + 1000, customers, seed_value=991
+            )
+            fixed = measure.run_wrk(server, prefix, connections=connections, seconds=plan.seconds,
+                                    postmaster_pid=postmaster_pid, delay_ms=delay)  # fmt: skip
+            phase["fixed_rate"] = {**asdict_result(fixed), "target_rate": target, "delay_ms": delay}
+            print(
+                f"{label}: fixed rate {fixed.rate:.0f}/s (target {target:.0f}) -> p99 {fixed.p99_ms:.1f} ms",
+                flush=True,
+            )
+        phase["worker_rss_mb"] = measure.rss_mb(server.workers())
+    finally:
+        server.stop()
+    pool_total = args.workers * args.pool
+    phase["pgbench_connections"] = pool_total
+    phase["pgbench_tps"] = measure.run_pgbench(url, PGBENCH_SCRIPT, connections=pool_total,
+                                               seconds=plan.seconds, customers=customers)  # fmt: skip
+    phase["ratio"] = phase["best_rate"] / phase["pgbench_tps"]
+    print(
+        f"{label}: pgbench floor {phase['pgbench_tps']:.0f} tps; ratio {phase['ratio']:.2f}",
+        flush=True,
+    )
+    return phase
+
+
+def _memory_phase(url: str, postmaster_pid, plan: Plan, args, connections: int) -> dict:
+    """Summed worker RSS, sampled every 2 s while `memory_events` unique events go through."""
+    prefix = _deliveries_file("memory", plan.memory_events, plan.small_customers, seed_value=4242)
+    server = measure.Server(url, args.workers, WORK / "gunicorn-memory.log", args.pool)
+    samples: list[tuple[int, list[float]]] = []
+    command = ["wrk", "-t", "2", "-c", str(connections), "-d", "3600s", "-s", str(measure.LUA),
+               f"{server.url}/webhook", "--", str(prefix)]  # fmt: skip
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            count = "select count(*) from webhook_private.events"
+            before = conn.execute(count).fetchone()[0]
+            load = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                # wrk would repeat the file once it ran out, so stop it on the stored count.
+                while load.poll() is None:
+                    stored = conn.execute(count).fetchone()[0] - before
+                    samples.append((stored, measure.rss_mb(server.workers())))
+                    if stored >= plan.memory_events:
+                        break
+                    time.sleep(2)
+            finally:
+                load.terminate()
+                load.wait()
+    finally:
+        server.stop()
+    print(
+        f"memory: {len(samples)} samples over {samples[-1][0] if samples else 0} events", flush=True
+    )
+    return {"events": plan.memory_events, "samples": samples}
+
+
+def _write_pgbench_script() -> None:
+    """The minimal SQL per event: store it (a real payload), update the customer's plan."""
+    _, body = next(deliveries(1, 1, seed_value=3))
+    # ": " after each key, so that pgbench does not read `:name` inside the JSON as a variable.
+    payload = json.dumps(json.loads(body), separators=(", ", ": ")).replace("'", "''")
+    PGBENCH_SCRIPT.write_text(
+        "\\set c random(1, :customers)\n"
+        "\\set p random(1, 3)\n"
+        "BEGIN;\n"
+        "INSERT INTO webhook_private.events (id, type, stripe_created, object_id, payload, status)"
+        f" VALUES ('evt_pgb_' || gen_random_uuid(), 'customer.subscription.updated', now(),"
+        f" 'sub_b' || :c, '{payload}', 'processed');\n"
+        "UPDATE public.customer SET plan_id = :p WHERE uuid = md5('bench-' || :c)::uuid;\n"
+        "COMMIT;\n"
+    )
+
+
+def _check_budget(result: measure.LoadResult, budget: int) -> None:
+    if result.requests > budget:
+        print(
+            f"warning: {result.requests} requests but only {budget} unique events; the rest were duplicates"
+        )
+
+
+def asdict_result(result: measure.LoadResult) -> dict:
+    return {**result.__dict__, "rate": result.rate}
+
+
+def _machine() -> dict:
+    import psutil
+
+    return {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "cpu_model": _cpu_model(),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+if __name__ == "__main__":
+    main()
