@@ -147,52 +147,59 @@ def _show_latest_link(conn: psycopg.Connection, customer: uuid.UUID) -> None:
     )
 
 
+Grants = dict[uuid.UUID, tuple[list[MirroredSubscription], dict[str, PlanPrice]]]
+
+
+def read_grants(conn: psycopg.Connection, customers: list[uuid.UUID]) -> Grants:
+    """Each customer's mirrored subscriptions and the plans their prices map to (one query)."""
+    rows = conn.execute(
+        """
+        select l.customer_uuid, s.id, s.status, s.price_ids, p.stripe_price_id, p.id, p.price
+          from webhook_private.customer_links l
+          join webhook_private.subscriptions s on s.stripe_customer_id = l.stripe_customer_id
+          left join public.plans p on p.stripe_price_id = any(s.price_ids)
+         where l.customer_uuid = any(%s)
+        """,
+        (customers,),
+    ).fetchall()
+    seen: dict[uuid.UUID, dict[str, MirroredSubscription]] = {}
+    grants: Grants = {}
+    for owner, sub_id, status, prices, price_id, plan_id, price in rows:
+        subs, plans = grants.setdefault(owner, ([], {}))
+        if sub_id not in seen.setdefault(owner, {}):
+            seen[owner][sub_id] = MirroredSubscription(sub_id, status, tuple(prices))
+            subs.append(seen[owner][sub_id])
+        if price_id is not None:
+            plans[price_id] = PlanPrice(plan_id, price)
+    return grants
+
+
 def recompute_plan(
     conn: psycopg.Connection,
     customer: uuid.UUID,
     entitled_statuses: Iterable[str],
-    *,
-    write: bool = True,
 ) -> PlanUpdate:
     """Set the customer's plan to what their linked subscriptions grant.
 
     Writes only when the plan really changes, so the triggers (resource reset, audit row)
     fire once per change and never for a no-op. Leaves the plan alone when a granting
-    subscription's price has no plan (see entitlement.py). With write=False it only says
-    what it would do (`changed` then means "would change").
+    subscription's price has no plan (see entitlement.py).
     """
-    current = conn.execute(
+    # Two statements, so the read gets a snapshot taken after the row lock is granted; in
+    # pipeline mode they still share one round trip.
+    locked = conn.execute(
         "select plan_id from public.customer where uuid = %s for update", (customer,)
-    ).fetchone()
+    )
+    grants = read_grants(conn, [customer])
+    current = locked.fetchone()
     if current is None:
         raise ApplyError(f"no customer with uuid {customer}")
-    subscriptions = [
-        MirroredSubscription(sub_id, status, tuple(prices))
-        for sub_id, status, prices in conn.execute(
-            """
-            select s.id, s.status, s.price_ids
-              from webhook_private.subscriptions s
-              join webhook_private.customer_links l on l.stripe_customer_id = s.stripe_customer_id
-             where l.customer_uuid = %s
-            """,
-            (customer,),
-        )
-    ]
-    price_ids = sorted({p for sub in subscriptions for p in sub.price_ids})
-    plans = {
-        price_id: PlanPrice(plan_id, price)
-        for price_id, plan_id, price in conn.execute(
-            "select stripe_price_id, id, price from public.plans where stripe_price_id = any(%s)",
-            (price_ids,),
-        )
-    }
-    entitlement = entitled_plan(subscriptions, plans, entitled_statuses)
+    subscriptions_list, plans = grants.get(customer, ([], {}))
+    entitlement = entitled_plan(subscriptions_list, plans, entitled_statuses)
     previous = current[0]
     if not entitlement.decided or entitlement.plan_id == previous:
         return PlanUpdate(customer, entitlement, changed=False, previous_plan_id=previous)
-    if write:
-        conn.execute(
-            "update public.customer set plan_id = %s where uuid = %s",
-            (entitlement.plan_id, customer),
-        )
+    conn.execute(
+        "update public.customer set plan_id = %s where uuid = %s", (entitlement.plan_id, customer)
+    )
     return PlanUpdate(customer, entitlement, changed=True, previous_plan_id=previous)

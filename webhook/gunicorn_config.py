@@ -21,6 +21,9 @@ threads = int(os.environ.get("WEB_THREADS", "4"))
 timeout = 30
 graceful_timeout = 30
 keepalive = 5
+# gunicorn 27 opens a control socket at one fixed path per user; two instances on one host
+# (a second app, a test, `make dev` next to a manual run) would take it from each other.
+control_socket_disable = True
 accesslog = "-"
 # The access log names method, path, status and timing; never headers, so no signature.
 access_log_format = '{"log":"access","method":"%(m)s","path":"%(U)s","status":%(s)s,"ms":%(M)s}'

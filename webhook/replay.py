@@ -6,6 +6,7 @@ back). Ordering rules still hold: replaying an old subscription event cannot mov
 mirror back to an older state.
 """
 
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -15,8 +16,8 @@ import psycopg
 from webhook import inbox
 from webhook.errors import ProjectError
 from webhook.handlers.base import Outcome
-from webhook.processor import ProcessingRules, apply
-from webhook.stripe_objects import PayloadError, parse_event
+from webhook.processor import ProcessingRules, as_failure, run_handler
+from webhook.stripe_objects import Event, PayloadError, parse_event
 
 
 class UnknownEvent(ProjectError):
@@ -71,21 +72,56 @@ def check_replayable(conn: psycopg.Connection, event_ids: Iterable[str]) -> None
 def replay_event(
     conn: psycopg.Connection, event_id: str, rules: ProcessingRules, *, dry_run: bool = False
 ) -> ReplayResult:
-    """Apply one stored event again; with dry_run, roll everything back afterwards."""
-    with conn.transaction(force_rollback=dry_run):
-        payload = inbox.load_payload(conn, event_id)
-        if payload is None:
-            raise UnknownEvent(f"no stored payload for event {event_id} (unknown id, or purged)")
-        try:
-            event = parse_event(payload)
-        except PayloadError as exc:
-            raise UnknownEvent(f"stored event {event_id} is unusable: {exc}") from None
-        conn.execute("select 1 from webhook_private.events where id = %s for update", (event_id,))
-        outcome = apply(conn, event, rules, trigger="replay")
-        customer = outcome.customer
-        before = _plan_before(conn, customer)
-        after = _plan(conn, customer)
-    return ReplayResult(event_id, event.type, outcome, before, after)
+    """Apply one stored event again; with dry_run, roll everything back afterwards.
+
+    The same handler as a delivery, in pipeline mode. A data error rolls the attempt back
+    and a second transaction records it, exactly as for a delivery.
+    """
+    started = time.perf_counter()
+    event: Event | None = None
+    try:
+        with conn.pipeline(), conn.transaction(force_rollback=dry_run):
+            event = _claim(conn, event_id, rules)
+            outcome = run_handler(conn, event, rules)
+            inbox.record(conn, event_id, outcome, "replay", (time.perf_counter() - started) * 1000)
+            before, after = _plans(conn, outcome.customer)
+        return ReplayResult(event_id, event.type, outcome, before, after)
+    except Exception as exc:
+        if event is None:
+            raise  # unknown, purged or unreachable: nothing to record
+        failure = as_failure(exc, event)  # re-raises what means "retry later"
+    with conn.pipeline(), conn.transaction(force_rollback=dry_run):
+        _claim(conn, event_id, rules)
+        inbox.record(conn, event_id, failure, "replay", (time.perf_counter() - started) * 1000)
+    return ReplayResult(event_id, event.type, failure, None, None)
+
+
+def _claim(conn: psycopg.Connection, event_id: str, rules: ProcessingRules) -> Event:
+    """Lock the stored event, set this transaction's limits, and parse its payload.
+
+    Replays can be run again at will, so their commits do not wait for the disk
+    (synchronous_commit off): a crash loses at most the last moments of a replay.
+    """
+    row = conn.execute(
+        """
+        select e.payload, set_config('lock_timeout', %(lock)s, true),
+               set_config('statement_timeout', %(statement)s, true),
+               set_config('webhook.source', 'stripe:' || e.id, true),
+               set_config('synchronous_commit', 'off', true)
+          from webhook_private.events e where e.id = %(id)s for update of e
+        """,
+        {
+            "id": event_id,
+            "lock": f"{rules.lock_timeout_ms}ms",
+            "statement": f"{rules.statement_timeout_ms}ms",
+        },
+    ).fetchone()
+    if row is None or row[0] is None:
+        raise UnknownEvent(f"no stored payload for event {event_id} (unknown id, or purged)")
+    try:
+        return parse_event(row[0])
+    except PayloadError as exc:
+        raise UnknownEvent(f"stored event {event_id} is unusable: {exc}") from None
 
 
 def replay_many(
@@ -106,26 +142,25 @@ def replay_many(
     return results
 
 
-def _plan(conn: psycopg.Connection, customer: uuid.UUID | None) -> int | None:
+def _plans(conn: psycopg.Connection, customer: uuid.UUID | None) -> tuple[int | None, int | None]:
+    """The customer's plan before this transaction changed it (from its audit row), and now."""
     if customer is None:
-        return None
-    row = conn.execute(
-        "select plan_id from public.customer where uuid = %s", (customer,)
-    ).fetchone()
-    return row[0] if row else None
-
-
-def _plan_before(conn: psycopg.Connection, customer: uuid.UUID | None) -> int | None:
-    """The plan the customer had before this transaction's change, from the audit log."""
-    if customer is None:
-        return None
+        return None, None
     row = conn.execute(
         """
-        select (old_value ->> 'plan_id')::bigint from public.audit_logs
-         where customer_uuid = %s and action = 'plan_change'
-           and created_at = now()  -- written by this transaction
-         order by id limit 1
+        select (select (a.old_value ->> 'plan_id')::bigint from public.audit_logs a
+                 where a.customer_uuid = c.uuid and a.action = 'plan_change'
+                   and a.created_at = now()  -- written by this transaction
+                 order by a.id limit 1),
+               exists (select from public.audit_logs a
+                        where a.customer_uuid = c.uuid and a.action = 'plan_change'
+                          and a.created_at = now()),
+               c.plan_id
+          from public.customer c where c.uuid = %s
         """,
         (customer,),
     ).fetchone()
-    return row[0] if row else _plan(conn, customer)
+    if row is None:
+        return None, None
+    before, changed, now_plan = row
+    return (before if changed else now_plan), now_plan

@@ -1,5 +1,6 @@
 """events, customer, purge and doctor: seeing what happened, and keeping the inbox lean."""
 
+import json
 import re
 import uuid
 from collections.abc import Callable
@@ -124,8 +125,6 @@ def show_event(ctx: click.Context, event_id: str) -> None:
 
 
 def _pretty(payload: object) -> str:
-    import json
-
     return json.dumps(payload, indent=2, sort_keys=True)
 
 
@@ -158,8 +157,8 @@ def show_customer(ctx: click.Context, customer_uuid: str) -> None:
     plan, price, since, remaining, total = row
     click.echo(f"plan:       {plan or '(none)'}{f' ({price})' if plan else ''}")
     click.echo(f"since:      {since or '-'}")
-    click.echo(f"remaining:  {remaining}")
-    click.echo(f"of:         {total}")
+    click.echo(f"remaining:  {json.dumps(remaining)}")
+    click.echo(f"of:         {json.dumps(total)}")
     click.echo(f"stripe:     {', '.join(r[0] for r in links) or '(not linked)'}")
     for name, started, ended in history:
         click.echo(f"history:    {name:<12} {started:%Y-%m-%d %H:%M:%S} -> {ended or 'now'}")
@@ -195,7 +194,17 @@ def purge(ctx: click.Context, older_than: timedelta) -> None:
                 click.echo(f"purge: {purged}/{total}", err=True)
             if count < PURGE_BATCH:
                 break
-    click.echo(f"purged the payloads of {purged} event(s) older than {older_than}")
+    click.echo(f"purged the payloads of {purged} event(s) older than {_human(older_than)}")
+
+
+def _human(age: timedelta) -> str:
+    """A duration as the operator would write it: 90 days, 1 hour, 30 minutes."""
+    seconds = int(age.total_seconds())
+    for unit, size in (("week", 604_800), ("day", 86_400), ("hour", 3_600), ("minute", 60)):
+        if seconds % size == 0 and seconds >= size:
+            count = seconds // size
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return f"{seconds} seconds"
 
 
 def _purgeable(conn: psycopg.Connection, older_than: timedelta) -> int:

@@ -35,7 +35,8 @@ class _Gunicorn(BaseApplication):
     def load_config(self) -> None:
         from webhook import gunicorn_config
 
-        for key in ("worker_class", "threads", "timeout", "graceful_timeout", "keepalive"):
+        for key in ("worker_class", "threads", "timeout", "graceful_timeout", "keepalive",
+                    "control_socket_disable"):  # fmt: skip
             self.cfg.set(key, getattr(gunicorn_config, key))
         self.cfg.set("accesslog", gunicorn_config.accesslog)
         self.cfg.set("access_log_format", gunicorn_config.access_log_format)
