@@ -115,8 +115,13 @@ def test_bad_signatures_get_400_and_write_nothing(
             "thin events",
         ),
         (b"[" * 100_000 + b"]" * 100_000, "not valid JSON"),
+        (
+            b'{"object": "event", "id": "evt_1", "type": "x", "created": 1,'
+            b' "data": {"object": {"name": "a\\u0000b"}}}',
+            "NUL",
+        ),
     ],
-    ids=["not-json", "array", "not-event", "no-object", "bad-id", "thin", "deep"],
+    ids=["not-json", "array", "not-event", "no-object", "bad-id", "thin", "deep", "nul"],
 )
 def test_signed_bodies_that_are_not_stripe_events_get_400(conn, client, body, reason) -> None:
     status, answer = post(client, body, sign(body, SECRET))

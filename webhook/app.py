@@ -87,7 +87,8 @@ def _register_routes(app: Flask, service: Service) -> None:
             metrics.SIGNATURE_FAILURES.labels(exc.code).inc()
             return _error(400, str(exc))
         try:
-            event = parse_event(_decode_json(payload))
+            text = payload.decode("utf-8")  # verified above to be UTF-8
+            event = parse_event(_decode_json(text), text)
         except PayloadError as exc:
             metrics.SIGNATURE_FAILURES.labels("not_an_event").inc()
             return _error(400, str(exc))
@@ -154,7 +155,10 @@ def _register_errors(app: Flask) -> None:
         return _error(500, "internal error")
 
 
-def _decode_json(payload: bytes) -> object:
+def _decode_json(payload: str) -> object:
+    if "\\u0000" in payload:
+        # Valid JSON, but PostgreSQL's jsonb cannot hold a NUL character; Stripe never sends one.
+        raise PayloadError("body contains a NUL character (\\u0000), which cannot be stored")
     try:
         return json.loads(payload)
     except (ValueError, RecursionError):

@@ -58,7 +58,7 @@ def store(
             "livemode": event.livemode,
             "created": timestamp(event.created),
             "object_id": event.object_id,
-            "payload": json.dumps(event.raw, separators=(",", ":")),
+            "payload": event.text if event.text is not None else json.dumps(event.raw),
             "lock": f"{lock_timeout_ms}ms",
             "statement": f"{statement_timeout_ms}ms",
             "source": f"stripe:{event.id}",

@@ -52,6 +52,8 @@ class Event:
     livemode: bool
     object: Mapping[str, Any]
     raw: Mapping[str, Any] = field(repr=False)
+    # The body exactly as received, when there is one: stored as is, not serialised again.
+    text: str | None = field(default=None, repr=False)
 
     @property
     def object_id(self) -> str | None:
@@ -59,8 +61,11 @@ class Event:
         return value if isinstance(value, str) else None
 
 
-def parse_event(document: Any) -> Event:
-    """Check that a decoded JSON body is a Stripe snapshot event; raise PayloadError if not."""
+def parse_event(document: Any, text: str | None = None) -> Event:
+    """Check that a decoded JSON body is a Stripe snapshot event; raise PayloadError if not.
+
+    `text` is the body the document was decoded from, kept for storing.
+    """
     if not isinstance(document, dict):
         raise PayloadError("body is not a JSON object")
     if document.get("object") == "v2.core.event":
@@ -91,6 +96,7 @@ def parse_event(document: Any) -> Event:
         livemode=bool(document.get("livemode")),
         object=obj,
         raw=document,
+        text=text,
     )
 
 
