@@ -62,7 +62,9 @@ def _drop_databases_of_dead_runs(url: str) -> None:
                     )
                 )
                 admin.execute(
-                    psycopg.sql.SQL("drop database {} with (force)").format(psycopg.sql.Identifier(name))
+                    psycopg.sql.SQL("drop database {} with (force)").format(
+                        psycopg.sql.Identifier(name)
+                    )
                 )
 
 
@@ -196,6 +198,28 @@ def empty_db_url(postgresql_server) -> Iterator[str]:
     """A URL for a brand-new database with nothing migrated into it; dropped afterwards."""
     with fresh_database(postgresql_server) as url:
         yield url
+
+
+@pytest.fixture
+def as_role(conn: psycopg.Connection):
+    """`acting_as` bound to this test's connection: `with as_role("authenticated", uid): ...`.
+
+    A fixture rather than an import: tests/faults has a conftest of its own, so `from
+    conftest import acting_as` is ambiguous once the whole suite is collected.
+    """
+
+    def bound(role: str, user_id: uuid.UUID | None = None):
+        return acting_as(conn, role, user_id)
+
+    return bound
+
+
+@pytest.fixture(scope="module")
+def catalog_db(postgresql_server) -> Iterator[psycopg.Connection]:
+    """One migrated database shared by a module's read-only tests (catalog queries)."""
+    with fresh_database(postgresql_server) as url, psycopg.connect(url, autocommit=True) as db:
+        migrations.migrate(db)
+        yield db
 
 
 # Webhook fixtures (app, client, stripe, factory, user) live in their own module.

@@ -6,7 +6,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
-from conftest import acting_as
 from psycopg.errors import InsufficientPrivilege
 from psycopg.types.json import Jsonb
 
@@ -182,52 +181,56 @@ def test_null_arguments(conn, on_basic) -> None:
 # ---------------------------------------------------------------------------------------
 
 
-def test_authenticated_user_consumes_own_resources(conn, on_basic) -> None:
-    with acting_as(conn, "authenticated", on_basic):
+def test_authenticated_user_consumes_own_resources(as_role, conn, on_basic) -> None:
+    with as_role("authenticated", on_basic):
         result = conn.execute(CONSUME, (on_basic, "api_calls", 5)).fetchone()[0]
         assert result["remaining"] == 995
         assert remaining(conn, on_basic) == {"api_calls": 995, "storage_gb": 10}
 
 
-def test_authenticated_user_cannot_consume_anothers(conn, make_user, plans, on_basic) -> None:
+def test_authenticated_user_cannot_consume_anothers(
+    as_role, conn, make_user, plans, on_basic
+) -> None:
     intruder = make_user()
     conn.execute(
         "update public.customer set plan_id = %s where uuid = %s", (plans["Pro"], intruder)
     )
-    with acting_as(conn, "authenticated", intruder), pytest.raises(InsufficientPrivilege) as caught:
+    with as_role("authenticated", intruder), pytest.raises(InsufficientPrivilege) as caught:
         conn.execute(CONSUME, (on_basic, "api_calls", 5))
     assert caught.value.sqlstate == "42501"
     assert "not allowed" in caught.value.diag.message_primary
     assert remaining(conn, on_basic)["api_calls"] == 1000
 
 
-def test_authenticated_without_claims_or_for_a_stranger_cannot_consume(conn, on_basic) -> None:
-    with acting_as(conn, "authenticated"), pytest.raises(InsufficientPrivilege):
+def test_authenticated_without_claims_or_for_a_stranger_cannot_consume(
+    as_role, conn, on_basic
+) -> None:
+    with as_role("authenticated"), pytest.raises(InsufficientPrivilege):
         conn.execute(CONSUME, (on_basic, "api_calls", 5))
     assert remaining(conn, on_basic)["api_calls"] == 1000
     # Permission is checked first: a signed-in stranger cannot probe which customers exist.
-    with acting_as(conn, "authenticated", on_basic), pytest.raises(InsufficientPrivilege):
+    with as_role("authenticated", on_basic), pytest.raises(InsufficientPrivilege):
         conn.execute(CONSUME, (uuid.uuid4(), "api_calls", 1))
 
 
-def test_anon_cannot_execute(conn, on_basic) -> None:
-    with acting_as(conn, "anon", on_basic), pytest.raises(InsufficientPrivilege) as caught:
+def test_anon_cannot_execute(as_role, conn, on_basic) -> None:
+    with as_role("anon", on_basic), pytest.raises(InsufficientPrivilege) as caught:
         conn.execute(CONSUME, (on_basic, "api_calls", 1))
     assert "permission denied for function consume_resources" in str(caught.value)
     assert remaining(conn, on_basic)["api_calls"] == 1000
 
 
-def test_service_role_consumes_anyones(conn, make_user, on_basic) -> None:
+def test_service_role_consumes_anyones(as_role, conn, make_user, on_basic) -> None:
     someone_else = make_user()
-    with acting_as(conn, "service_role", someone_else):
+    with as_role("service_role", someone_else):
         assert conn.execute(CONSUME, (on_basic, "api_calls", 9)).fetchone()[0]["remaining"] == 991
         conn.execute("select set_config('request.jwt.claims', '', true)")
         assert conn.execute(CONSUME, (on_basic, "api_calls", 1)).fetchone()[0]["remaining"] == 990
         assert remaining(conn, on_basic)["api_calls"] == 990
 
 
-def test_consumption_is_logged_with_the_callers_source(conn, on_basic) -> None:
-    with acting_as(conn, "service_role"):
+def test_consumption_is_logged_with_the_callers_source(as_role, conn, on_basic) -> None:
+    with as_role("service_role"):
         conn.execute("select set_config('webhook.source', 'job:nightly', true)")
         conn.execute(CONSUME, (on_basic, "api_calls", 2))
         row = conn.execute(

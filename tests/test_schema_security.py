@@ -1,29 +1,19 @@
 """Privileges, row-level security and the catalog-level rules of the schema.
 
-Queries run as Supabase's API roles through `acting_as`, which does what PostgREST does
-per request: `set local role` and the JWT claims document.
+Queries run as Supabase's API roles through `as_role` (conftest's `acting_as`), which
+does what PostgREST does per request: `set local role` and the JWT claims document.
 """
 
 import re
 import uuid
-from collections.abc import Iterator
 
 import psycopg
 import pytest
-from conftest import acting_as, fresh_database
 from psycopg.errors import InsufficientPrivilege
 
 from webhook import migrations
 
 API_ROLES = ("anon", "authenticated")
-
-
-@pytest.fixture(scope="module")
-def catalog(postgresql_server) -> Iterator[psycopg.Connection]:
-    """One migrated database shared by this module's read-only catalog tests."""
-    with fresh_database(postgresql_server) as url, psycopg.connect(url, autocommit=True) as db:
-        migrations.migrate(db)
-        yield db
 
 
 @pytest.fixture
@@ -53,12 +43,12 @@ FUNCTIONS_IN_OUR_SCHEMAS = """
 """
 
 
-def test_security_definer_functions_have_empty_search_path(catalog) -> None:
+def test_security_definer_functions_have_empty_search_path(catalog_db) -> None:
     # Both designs used `set search_path = public`: a definer function resolving names
     # through a schema others can create objects in.
     definer = {
         name: config
-        for name, secdef, config, _ in catalog.execute(FUNCTIONS_IN_OUR_SCHEMAS)
+        for name, secdef, config, _ in catalog_db.execute(FUNCTIONS_IN_OUR_SCHEMAS)
         if secdef
     }
     assert set(definer) >= {
@@ -71,13 +61,13 @@ def test_security_definer_functions_have_empty_search_path(catalog) -> None:
         assert config is not None and 'search_path=""' in config, name
 
 
-def test_every_function_pins_its_search_path(catalog) -> None:
-    for name, _, config, _ in catalog.execute(FUNCTIONS_IN_OUR_SCHEMAS):
+def test_every_function_pins_its_search_path(catalog_db) -> None:
+    for name, _, config, _ in catalog_db.execute(FUNCTIONS_IN_OUR_SCHEMAS):
         assert config is not None and any(c.startswith("search_path=") for c in config), name
 
 
-def test_no_function_is_executable_by_the_api_roles_except_consume_resources(catalog) -> None:
-    rows = catalog.execute(
+def test_no_function_is_executable_by_the_api_roles_except_consume_resources(catalog_db) -> None:
+    rows = catalog_db.execute(
         """
         select p.oid::regprocedure::text,
                has_function_privilege('anon', p.oid, 'execute'),
@@ -96,20 +86,22 @@ def test_no_function_is_executable_by_the_api_roles_except_consume_resources(cat
         assert (anon, auth, public) == (False, False, False), name
 
 
-def test_authenticated_cannot_call_trigger_functions_directly(conn, make_user) -> None:
+def test_authenticated_cannot_call_trigger_functions_directly(as_role, conn, make_user) -> None:
     user_id = make_user()
-    with acting_as(conn, "authenticated", user_id), pytest.raises(InsufficientPrivilege):
+    with as_role("authenticated", user_id), pytest.raises(InsufficientPrivilege):
         conn.execute("select public.handle_new_user()")
 
 
-def test_consuming_own_resources_writes_audit_row_through_rls(conn, make_user, plans) -> None:
+def test_consuming_own_resources_writes_audit_row_through_rls(
+    as_role, conn, make_user, plans
+) -> None:
     # Design 2's audit function ran as the caller: the INSERT into audit_logs hit RLS (no
     # insert policy for authenticated) and the whole consumption failed.
     user_id = make_user()
     conn.execute(
         "update public.customer set plan_id = %s where uuid = %s", (plans["Basic"], user_id)
     )
-    with acting_as(conn, "authenticated", user_id):
+    with as_role("authenticated", user_id):
         result = conn.execute(
             "select public.consume_resources(%s, 'api_calls', 3)", (user_id,)
         ).fetchone()[0]
@@ -121,7 +113,7 @@ def test_consuming_own_resources_writes_audit_row_through_rls(conn, make_user, p
         assert seen == [("plan_change", "1000"), ("resource_update", "997")]
 
 
-def test_audit_trigger_writes_for_a_caller_subject_to_rls(conn, make_user, plans) -> None:
+def test_audit_trigger_writes_for_a_caller_subject_to_rls(as_role, conn, make_user, plans) -> None:
     # A project may let signed-in users update their own customer row (their metadata, say).
     # The audit row their update causes must still be written: audit_logs has no insert
     # policy for them. Design 2's audit function ran as the caller and failed here with
@@ -135,7 +127,7 @@ def test_audit_trigger_writes_for_a_caller_subject_to_rls(conn, make_user, plans
         "create policy customer_updates_own_row on public.customer for update to authenticated"
         " using (uuid = (select auth.uid())) with check (uuid = (select auth.uid()))"
     )
-    with acting_as(conn, "authenticated", user_id):
+    with as_role("authenticated", user_id):
         conn.execute(
             'update public.customer set remaining_resources = \'{"api_calls": 1, "storage_gb": 1}\''
             " where uuid = %s",
@@ -150,8 +142,8 @@ def test_audit_trigger_writes_for_a_caller_subject_to_rls(conn, make_user, plans
 # ---------------------------------------------------------------------------------------
 
 
-def test_every_public_table_has_rls_and_a_policy(catalog) -> None:
-    rows = catalog.execute(
+def test_every_public_table_has_rls_and_a_policy(catalog_db) -> None:
+    rows = catalog_db.execute(
         """
         select c.relname, c.relrowsecurity,
                (select count(*) from pg_policies p
@@ -166,8 +158,8 @@ def test_every_public_table_has_rls_and_a_policy(catalog) -> None:
         assert policies >= 1, f"{name} has no policy"
 
 
-def test_policies_name_their_roles_and_wrap_auth_uid_in_a_select(catalog) -> None:
-    rows = catalog.execute(
+def test_policies_name_their_roles_and_wrap_auth_uid_in_a_select(catalog_db) -> None:
+    rows = catalog_db.execute(
         "select tablename, policyname, roles::text[], coalesce(qual, '') || ' '"
         " || coalesce(with_check, '') from pg_policies where schemaname = 'public'"
     ).fetchall()
@@ -183,9 +175,9 @@ def test_policies_name_their_roles_and_wrap_auth_uid_in_a_select(catalog) -> Non
     assert uses_uid >= 2  # customer and audit_logs
 
 
-def test_views_are_security_invoker(catalog) -> None:
+def test_views_are_security_invoker(catalog_db) -> None:
     # Design 2's usage_analytics ran as its owner and showed every customer to anyone.
-    rows = catalog.execute(
+    rows = catalog_db.execute(
         "select relname, coalesce(reloptions, '{}') from pg_class"
         " where relnamespace = 'public'::regnamespace and relkind = 'v'"
     ).fetchall()
@@ -195,8 +187,8 @@ def test_views_are_security_invoker(catalog) -> None:
         assert "security_invoker=true" in options, name
 
 
-def test_every_foreign_key_has_an_index_leading_with_its_columns(catalog) -> None:
-    rows = catalog.execute(
+def test_every_foreign_key_has_an_index_leading_with_its_columns(catalog_db) -> None:
+    rows = catalog_db.execute(
         """
         select c.conrelid::regclass::text, c.conname,
                exists (
@@ -224,24 +216,24 @@ def test_every_foreign_key_has_an_index_leading_with_its_columns(catalog) -> Non
 # ---------------------------------------------------------------------------------------
 
 
-def test_authenticated_sees_only_own_customer_row(conn, two_users) -> None:
+def test_authenticated_sees_only_own_customer_row(as_role, conn, two_users) -> None:
     a, b = two_users
-    with acting_as(conn, "authenticated", a):
+    with as_role("authenticated", a):
         assert column(conn, "select uuid from public.customer") == [a]
         assert conn.execute("select * from public.customer where uuid = %s", (b,)).fetchall() == []
-    with acting_as(conn, "authenticated", b):
+    with as_role("authenticated", b):
         assert column(conn, "select uuid from public.customer") == [b]
 
 
-def test_authenticated_without_claims_sees_nothing(conn, two_users) -> None:
-    with acting_as(conn, "authenticated"):
+def test_authenticated_without_claims_sees_nothing(as_role, conn, two_users) -> None:
+    with as_role("authenticated"):
         assert conn.execute("select count(*) from public.customer").fetchone() == (0,)
         assert conn.execute("select count(*) from public.audit_logs").fetchone() == (0,)
 
 
-def test_anon_cannot_read_customers_or_audit_logs(conn, two_users) -> None:
+def test_anon_cannot_read_customers_or_audit_logs(as_role, conn, two_users) -> None:
     for table in ("public.customer", "public.audit_logs"):
-        with acting_as(conn, "anon"), pytest.raises(InsufficientPrivilege):
+        with as_role("anon"), pytest.raises(InsufficientPrivilege):
             conn.execute(f"select * from {table}")
 
 
@@ -269,7 +261,7 @@ WRITES = {
 }
 
 
-def test_api_roles_cannot_write(conn, two_users) -> None:
+def test_api_roles_cannot_write(as_role, conn, two_users) -> None:
     a, _ = two_users
     fingerprint = "select count(*), md5(string_agg(t::text, ',' order by t::text)) from public.{} t"
     before = {table: conn.execute(fingerprint.format(table)).fetchone() for table in WRITES}
@@ -277,23 +269,23 @@ def test_api_roles_cannot_write(conn, two_users) -> None:
         for statements in WRITES.values():
             for template in statements:
                 sql = template.format(me=f"'{a}'")
-                with acting_as(conn, role, a), pytest.raises(InsufficientPrivilege) as caught:
+                with as_role(role, a), pytest.raises(InsufficientPrivilege) as caught:
                     conn.execute(sql)
                 assert caught.value.sqlstate == "42501", (role, sql)
     after = {table: conn.execute(fingerprint.format(table)).fetchone() for table in WRITES}
     assert after == before
 
 
-def test_everyone_reads_plans(conn, plans) -> None:
+def test_everyone_reads_plans(as_role, conn, plans) -> None:
     for role in API_ROLES:
-        with acting_as(conn, role):
+        with as_role(role):
             names = column(conn, "select name from public.plans order by price")
         assert names == ["Basic", "Pro", "Enterprise"], role
 
 
-def test_usage_analytics_shows_only_the_callers_row(conn, two_users, plans) -> None:
+def test_usage_analytics_shows_only_the_callers_row(as_role, conn, two_users, plans) -> None:
     a, _ = two_users
-    with acting_as(conn, "authenticated", a):
+    with as_role("authenticated", a):
         rows = conn.execute(
             "select uuid, plan_name, remaining_resources ->> 'api_calls', total_resources"
             " from public.usage_analytics"
@@ -303,15 +295,15 @@ def test_usage_analytics_shows_only_the_callers_row(conn, two_users, plans) -> N
     assert len(column(conn, "select uuid from public.usage_analytics")) == 2
 
 
-def test_anon_cannot_read_the_views(conn, two_users) -> None:
+def test_anon_cannot_read_the_views(as_role, conn, two_users) -> None:
     for view in ("public.usage_analytics", "public.customer_plan_history"):
-        with acting_as(conn, "anon"), pytest.raises(InsufficientPrivilege):
+        with as_role("anon"), pytest.raises(InsufficientPrivilege):
             conn.execute(f"select * from {view}")
 
 
-def test_audit_logs_and_history_show_only_the_callers_rows(conn, two_users, plans) -> None:
+def test_audit_logs_and_history_show_only_the_callers_rows(as_role, conn, two_users, plans) -> None:
     _, b = two_users
-    with acting_as(conn, "authenticated", b):
+    with as_role("authenticated", b):
         owners = set(column(conn, "select customer_uuid from public.audit_logs"))
         actions = column(conn, "select action from public.audit_logs order by id")
         history = conn.execute(
@@ -322,9 +314,9 @@ def test_audit_logs_and_history_show_only_the_callers_rows(conn, two_users, plan
     assert history == [(b, "Pro", None)]
 
 
-def test_service_role_reads_and_writes_everything(conn, two_users, plans) -> None:
+def test_service_role_reads_and_writes_everything(as_role, conn, two_users, plans) -> None:
     a, b = two_users
-    with acting_as(conn, "service_role"):
+    with as_role("service_role"):
         assert set(column(conn, "select uuid from public.customer")) == {a, b}
         assert set(column(conn, "select customer_uuid from public.audit_logs")) == {a, b}
         assert len(column(conn, "select uuid from public.usage_analytics")) == 2
@@ -344,12 +336,12 @@ def test_service_role_reads_and_writes_everything(conn, two_users, plans) -> Non
 # ---------------------------------------------------------------------------------------
 
 
-def test_webhook_private_is_closed_to_the_api_roles(catalog) -> None:
+def test_webhook_private_is_closed_to_the_api_roles(catalog_db) -> None:
     for role in API_ROLES:
-        assert catalog.execute(
+        assert catalog_db.execute(
             "select has_schema_privilege(%s, 'webhook_private', 'usage')", (role,)
         ).fetchone() == (False,)
-    rows = catalog.execute(
+    rows = catalog_db.execute(
         """
         select c.oid::regclass::text, r.role,
                case when c.relkind = 'S'
@@ -367,12 +359,12 @@ def test_webhook_private_is_closed_to_the_api_roles(catalog) -> None:
     assert [(name, role) for name, role, granted in rows if granted] == []
 
 
-def test_api_roles_cannot_query_webhook_private(conn) -> None:
+def test_api_roles_cannot_query_webhook_private(as_role, conn) -> None:
     conn.execute(
         "insert into webhook_private.events (id, type, stripe_created) values ('evt_1', 't', now())"
     )
     for role in API_ROLES:
-        with acting_as(conn, role, uuid.uuid4()), pytest.raises(InsufficientPrivilege):
+        with as_role(role, uuid.uuid4()), pytest.raises(InsufficientPrivilege):
             conn.execute("select * from webhook_private.events")
 
 
