@@ -4,18 +4,29 @@
 -- Supabase, where all of it exists, this file changes nothing (it never touches objects
 -- it did not create, which on Supabase belong to supabase_auth_admin).
 
+-- Roles belong to the whole server, not to one database. Each is created only if missing
+-- (on Supabase they all exist, and the migrating user may not be allowed to create roles);
+-- two databases migrated at the same moment may still race to create one, so the loser
+-- treats "already exists" as done.
+do $$
+declare
+  spec record;
+begin
+  for spec in select * from (values ('anon', ''), ('authenticated', ''), ('service_role', ' bypassrls'))
+                as r(name, extra) loop
+    if not exists (select from pg_catalog.pg_roles where rolname = spec.name) then
+      begin
+        execute format('create role %I nologin noinherit%s', spec.name, spec.extra);
+      exception when duplicate_object then
+        null;
+      end;
+    end if;
+  end loop;
+end
+$$;
+
 do $$
 begin
-  if not exists (select from pg_roles where rolname = 'anon') then
-    create role anon nologin noinherit;
-  end if;
-  if not exists (select from pg_roles where rolname = 'authenticated') then
-    create role authenticated nologin noinherit;
-  end if;
-  if not exists (select from pg_roles where rolname = 'service_role') then
-    create role service_role nologin noinherit bypassrls;
-  end if;
-
   if to_regnamespace('auth') is null then
     create schema auth;
     grant usage on schema auth to anon, authenticated, service_role;

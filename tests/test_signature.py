@@ -45,6 +45,8 @@ def test_rotation_accepts_either_configured_secret() -> None:
         ("garbage", "garbled"),
         (f"v1={mac(SECRET, NOW)}", "no timestamp"),
         (f"t=abc,v1={mac(SECRET, NOW)}", "no timestamp"),
+        (f"t=\u00b2,v1={mac(SECRET, NOW)}", "no timestamp"),
+        (f"t=\u0661\u0662,v1={mac(SECRET, NOW)}", "no timestamp"),
         (f"t={NOW}", "no v1"),
         (f"t={NOW},v0={mac(SECRET, NOW)}", "no v1"),
         (f"t={NOW},v1={'0' * 64}", "no signature matches"),

@@ -144,7 +144,7 @@ def _run_statements(conn: psycopg.Connection, filename: str, script: str) -> Non
             reason = exc.diag.message_primary or str(exc).strip()
             raise MigrationError(
                 f"{filename}, statement at line {statement.line} ({statement.summary}): "
-                f"{reason}; rolled back, the database is unchanged"
+                f"{reason}; this file was rolled back and nothing of it was applied"
             ) from None
 
 

@@ -76,7 +76,8 @@ def _timestamp(header: str) -> int:
             raise SignatureError("garbled Stripe-Signature header", "garbled")
         fields.setdefault(key, []).append(value)
     stamps = fields.get("t", [])
-    if len(stamps) != 1 or not stamps[0].isdigit():
+    # isascii: str.isdigit() also accepts digits such as "²" that int() refuses.
+    if len(stamps) != 1 or not (stamps[0].isascii() and stamps[0].isdigit()):
         raise SignatureError("garbled Stripe-Signature header: no timestamp", "garbled")
     if not fields.get("v1"):
         raise SignatureError("no v1 signature in Stripe-Signature header", "garbled")
