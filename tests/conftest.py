@@ -19,6 +19,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pytest_postgresql import factories
 
 from webhook import migrations
+from webhook.embedded import process_exists
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_PGDATA = ROOT / ".pgdata-test"
@@ -55,7 +56,7 @@ def _drop_databases_of_dead_runs(url: str) -> None:
         ).fetchall()
         for (name,) in names:
             pid = name.removeprefix(TEST_DB_PREFIX).split("_", 1)[0]
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not process_exists(int(pid)):
                 admin.execute(
                     psycopg.sql.SQL("alter database {} is_template false").format(
                         psycopg.sql.Identifier(name)
@@ -66,16 +67,6 @@ def _drop_databases_of_dead_runs(url: str) -> None:
                         psycopg.sql.Identifier(name)
                     )
                 )
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def load_schema(

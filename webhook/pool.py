@@ -72,20 +72,13 @@ class Database:
         so trying again on another connection cannot apply anything twice.
         """
         for attempt in (1, 2):
-            try:
-                with self.pool().connection() as conn:
-                    try:
-                        return work(conn)
-                    except psycopg.OperationalError:
-                        if attempt == 1 and conn.broken:
-                            continue
+            with self.connection() as conn:
+                try:
+                    return work(conn)
+                except psycopg.OperationalError:
+                    if attempt == 2 or not conn.broken:
                         raise
-            except PoolTimeout:
-                raise DatabaseUnavailable(
-                    f"no database connection within {self._timeout:g}s"
-                ) from None
-            except psycopg.OperationalError as exc:
-                raise DatabaseUnavailable(f"database error: {first_line(exc)}") from None
+            # The connection died under us (say, a database restart): once more on another.
         raise DatabaseUnavailable("database connection lost twice")
 
     def in_use(self) -> int:
