@@ -44,10 +44,14 @@ def test_bad_values_name_their_variable(name: str, value: str) -> None:
 
 def test_pool_bounds_must_be_ordered() -> None:
     with pytest.raises(ConfigError, match="DB_POOL_MIN_SIZE"):
-        load_settings({"STRIPE_WEBHOOK_SECRET": "whsec_a", "DB_POOL_MIN_SIZE": "5", "DB_POOL_MAX_SIZE": "2"})
+        load_settings(
+            {"STRIPE_WEBHOOK_SECRET": "whsec_a", "DB_POOL_MIN_SIZE": "5", "DB_POOL_MAX_SIZE": "2"}
+        )
 
 
 def test_the_repr_never_shows_secrets() -> None:
-    settings = load_settings({"STRIPE_WEBHOOK_SECRET": "whsec_topsecret", "STRIPE_API_KEY": "sk_live_x"})
+    settings = load_settings(
+        {"STRIPE_WEBHOOK_SECRET": "whsec_topsecret", "STRIPE_API_KEY": "sk_live_x"}
+    )
     assert "whsec_topsecret" not in repr(settings)
     assert "sk_live_x" not in repr(settings)

@@ -40,13 +40,21 @@ def test_no_subscriptions_means_no_plan() -> None:
 
 
 def test_the_most_expensive_granting_plan_wins() -> None:
-    subs = [Sub("active", ("price_basic",)), Sub("trialing", ("price_ent",)), Sub("canceled", ("price_pro",))]
+    subs = [
+        Sub("active", ("price_basic",)),
+        Sub("trialing", ("price_ent",)),
+        Sub("canceled", ("price_pro",)),
+    ]
     assert entitled_plan(subs, PLANS).plan_id == 3
 
 
 def test_equal_prices_pick_the_lower_plan_id_whatever_the_order() -> None:
-    one = entitled_plan([Sub("active", ("price_pro_yearly",)), Sub("active", ("price_pro",))], PLANS)
-    two = entitled_plan([Sub("active", ("price_pro",)), Sub("active", ("price_pro_yearly",))], PLANS)
+    one = entitled_plan(
+        [Sub("active", ("price_pro_yearly",)), Sub("active", ("price_pro",))], PLANS
+    )
+    two = entitled_plan(
+        [Sub("active", ("price_pro",)), Sub("active", ("price_pro_yearly",))], PLANS
+    )
     assert one.plan_id == two.plan_id == 2
 
 
@@ -63,7 +71,9 @@ def test_a_granting_subscription_with_no_known_price_leaves_the_decision_open() 
 
 
 def test_unknown_prices_of_non_granting_subscriptions_do_not_matter() -> None:
-    result = entitled_plan([Sub("canceled", ("price_new",)), Sub("active", ("price_basic",))], PLANS)
+    result = entitled_plan(
+        [Sub("canceled", ("price_new",)), Sub("active", ("price_basic",))], PLANS
+    )
     assert result.decided
     assert result.plan_id == 1
 

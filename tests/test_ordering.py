@@ -7,7 +7,9 @@ from webhook.stripe_objects import SubscriptionState
 
 
 def state(status: str, period_end: int = 2000) -> SubscriptionState:
-    return SubscriptionState("sub_1", "cus_1", status, ("price_pro",), period_end, False, None, None, {})
+    return SubscriptionState(
+        "sub_1", "cus_1", status, ("price_pro",), period_end, False, None, None, {}
+    )
 
 
 def key(created: int, event_type: str, status: str, period_end: int = 2000) -> list[int]:
@@ -15,7 +17,9 @@ def key(created: int, event_type: str, status: str, period_end: int = 2000) -> l
 
 
 def test_a_later_second_is_newer() -> None:
-    assert key(101, "customer.subscription.updated", "past_due") > key(100, "customer.subscription.updated", "active")
+    assert key(101, "customer.subscription.updated", "past_due") > key(
+        100, "customer.subscription.updated", "active"
+    )
 
 
 def test_on_a_tie_a_terminal_state_wins() -> None:

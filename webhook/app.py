@@ -156,13 +156,40 @@ def _register_errors(app: Flask) -> None:
 
 
 def _decode_json(payload: str) -> object:
-    if "\\u0000" in payload:
-        # Valid JSON, but PostgreSQL's jsonb cannot hold a NUL character; Stripe never sends one.
-        raise PayloadError("body contains a NUL character (\\u0000), which cannot be stored")
     try:
-        return json.loads(payload)
+        document = json.loads(payload)
     except (ValueError, RecursionError):
         raise PayloadError("body is not valid JSON") from None
+    _check_storable(document)
+    return document
+
+
+def _check_storable(value: object) -> None:
+    """Refuse strings PostgreSQL cannot store: NUL characters and lone UTF-16 surrogates.
+
+    Both are valid JSON (as \\u0000 and \\ud800) and Stripe never sends them, but jsonb
+    rejects them, so they get a clear 400 here instead of failing in the database.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            if "\x00" in item:
+                raise PayloadError(
+                    "body contains a NUL character (\\u0000), which cannot be stored"
+                )
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise PayloadError(
+                        "body contains a lone UTF-16 surrogate, which cannot be stored"
+                    ) from None
 
 
 def _error(status: int, reason: str) -> tuple[Response, int]:

@@ -7,12 +7,15 @@ graceful_timeout seconds, and the worker's exit handlers close its pool.
 """
 
 import os
+import shutil
 import tempfile
 
 # Workers are separate processes: prometheus_client adds their counts up through files in
 # this folder. Set here, in the master, so every worker inherits it.
+_made_metrics_dir: str | None = None
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="webhook-metrics-")
+    _made_metrics_dir = tempfile.mkdtemp(prefix="webhook-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _made_metrics_dir
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -34,3 +37,9 @@ def child_exit(server, worker) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server) -> None:
+    """Remove the metrics folder this configuration made, when the master exits."""
+    if _made_metrics_dir:
+        shutil.rmtree(_made_metrics_dir, ignore_errors=True)

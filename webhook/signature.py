@@ -67,8 +67,17 @@ class SignatureVerifier:
             return False
 
 
+MAX_TIMESTAMP_DIGITS = 12  # unix seconds until the year 33658; anything longer is garbage
+
+
 def _timestamp(header: str) -> int:
-    """The `t=` value of the header; a header without `t` or any `v1` is garbled."""
+    """The `t=` value of the header; a header without `t` or any `v1` is garbled.
+
+    Only ASCII is accepted: the stripe library compares signatures with
+    hmac.compare_digest, which raises TypeError on other characters.
+    """
+    if not header.isascii():
+        raise SignatureError("garbled Stripe-Signature header: not ASCII", "garbled")
     fields: dict[str, list[str]] = {}
     for item in header.split(","):
         key, sep, value = item.partition("=")
@@ -76,8 +85,8 @@ def _timestamp(header: str) -> int:
             raise SignatureError("garbled Stripe-Signature header", "garbled")
         fields.setdefault(key, []).append(value)
     stamps = fields.get("t", [])
-    # isascii: str.isdigit() also accepts digits such as "²" that int() refuses.
-    if len(stamps) != 1 or not (stamps[0].isascii() and stamps[0].isdigit()):
+    # The header is ASCII, so isdigit() means 0-9 only (it also accepts "²", which int() refuses).
+    if len(stamps) != 1 or not stamps[0].isdigit() or len(stamps[0]) > MAX_TIMESTAMP_DIGITS:
         raise SignatureError("garbled Stripe-Signature header: no timestamp", "garbled")
     if not fields.get("v1"):
         raise SignatureError("no v1 signature in Stripe-Signature header", "garbled")

@@ -81,7 +81,7 @@ def parse_event(document: Any, text: str | None = None) -> Event:
         raise PayloadError("event has no valid id")
     if not isinstance(event_type, str) or not event_type or len(event_type) > 255:
         raise PayloadError("event has no type")
-    if not isinstance(created, int) or isinstance(created, bool) or created < 0:
+    if not _is_timestamp(created):
         raise PayloadError("event has no valid created timestamp")
     data = document.get("data")
     obj = data.get("object") if isinstance(data, dict) else None
@@ -230,9 +230,21 @@ def list_data(value: Any) -> list[Mapping[str, Any]]:
     return []
 
 
+# 9999-12-31T23:59:59Z: the last second a datetime (and so a timestamptz parameter) can hold.
+MAX_TIMESTAMP = 253_402_300_799
+
+
 def timestamp(value: int | None) -> datetime | None:
     """Unix seconds as an aware datetime, for timestamptz columns."""
-    return None if value is None else datetime.fromtimestamp(value, UTC)
+    if value is None:
+        return None
+    if not _is_timestamp(value):
+        raise PayloadError(f"timestamp {value} is out of range")
+    return datetime.fromtimestamp(value, UTC)
+
+
+def _is_timestamp(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TIMESTAMP
 
 
 def _metadata(obj: Mapping[str, Any]) -> Mapping[str, str]:
