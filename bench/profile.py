@@ -5,8 +5,8 @@ every statement psycopg sends, per event type. `python bench/profile.py [events]
 """
 
 import collections
-import logging
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -27,7 +27,7 @@ STATEMENTS: collections.Counter = collections.Counter()
 _execute = psycopg.Connection.execute
 
 
-def counting_execute(self, query, params=None, **kwargs):  # noqa: ANN001, ANN201
+def counting_execute(self, query, params=None, **kwargs):
     """Connection.execute, counting: every call is one statement sent to the server."""
     STATEMENTS["n"] += 1
     return _execute(self, query, params, **kwargs)
@@ -38,7 +38,13 @@ def main() -> None:
     server = embedded_server(ROOT / ".pgdata-bench")
     url = _fresh_database(server.get_uri(), "webhook_bench_profile", 1000, 0)
     psycopg.Connection.execute = counting_execute
-    app = create_app({"DATABASE_URL": url, "STRIPE_WEBHOOK_SECRET": SECRET, "STRIPE_WEBHOOK_TOLERANCE": "10000000"})
+    app = create_app(
+        {
+            "DATABASE_URL": url,
+            "STRIPE_WEBHOOK_SECRET": SECRET,
+            "STRIPE_WEBHOOK_TOLERANCE": "10000000",
+        }
+    )
     client = app.test_client()
     logging.getLogger("webhook.events").disabled = True  # the profile, not one line per event
     items = list(deliveries(count, 1000, seed_value=11))
@@ -57,7 +63,9 @@ def main() -> None:
     elapsed = time.perf_counter() - started
     print(f"{count} events in {elapsed:.1f} s: {count / elapsed:.0f}/s on one thread")
     for kind, counts in sorted(per_type.items()):
-        print(f"  {kind:<32} {sum(counts) / len(counts):5.1f} statements per event ({len(counts)} events)")
+        print(
+            f"  {kind:<32} {sum(counts) / len(counts):5.1f} statements per event ({len(counts)} events)"
+        )
     print(profiler.output_text(unicode=False, color=False, show_all=False))
 
 
