@@ -26,6 +26,7 @@ import psutil
 import psycopg
 import pytest
 from servers import HOST, ServerProcess, base_env, closed_port, free_port, start
+from servers import request as http_request
 from stripe_events import ENDIVE_API, Delivery, EventFactory
 from webhook_support import SECRET, customer_state, event_status
 
@@ -173,6 +174,14 @@ def test_the_procfile_web_line_serves_and_stops_gracefully(
     log = server.output()
     assert f"Listening at: http://{HOST}:{port}" in log  # PORT and HOST were honoured
     assert log.count("Booting worker") == 2  # WEB_CONCURRENCY was honoured
+    # Metrics add up both workers' counts, whichever worker answers the scrape.
+    processed = 'webhook_events_total{outcome="processed",type="checkout.session.completed"} 1.0'
+    forged_count = 'webhook_signature_failures_total{reason="mismatch"} 1.0'
+    for _ in range(6):
+        status, text = http_request(port, "GET", "/metrics")
+        assert status == 200
+        assert processed in text
+        assert forged_count in text
 
     server.send(signal.SIGTERM)
     code = server.wait(gunicorn_config.graceful_timeout + 5)

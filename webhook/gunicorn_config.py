@@ -10,12 +10,7 @@ import os
 import shutil
 import tempfile
 
-# Workers are separate processes: prometheus_client adds their counts up through files in
-# this folder. Set here, in the master, so every worker inherits it.
 _made_metrics_dir: str | None = None
-if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    _made_metrics_dir = tempfile.mkdtemp(prefix="webhook-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _made_metrics_dir
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -30,6 +25,18 @@ control_socket_disable = True
 accesslog = "-"
 # The access log names method, path, status and timing; never headers, so no signature.
 access_log_format = '{"log":"access","method":"%(m)s","path":"%(U)s","status":%(s)s,"ms":%(M)s}'
+
+
+def on_starting(server) -> None:
+    """Give the workers a shared metrics folder, in the master, before any worker forks.
+
+    Workers are separate processes: prometheus_client adds their counts up through files
+    in this folder.
+    """
+    global _made_metrics_dir
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        _made_metrics_dir = tempfile.mkdtemp(prefix="webhook-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = _made_metrics_dir
 
 
 def child_exit(server, worker) -> None:

@@ -7,7 +7,6 @@ age of the oldest failed event, and how many events wait in each status. Labels 
 types and fixed words only; no ids, no customer data.
 """
 
-import os
 from collections.abc import Iterator
 
 from prometheus_client import (
@@ -19,6 +18,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
+    values,
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -47,6 +47,10 @@ POOL_IN_USE = Gauge(
 )
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# prometheus_client picks file-backed (multiprocess) or in-memory values when it is first
+# imported; the scrape must read them the same way, whatever the environment says later.
+MULTIPROCESS = values.ValueClass is not values.MutexValue
 
 
 class _InboxCollector(Collector):
@@ -87,7 +91,7 @@ class _InboxCollector(Collector):
 def render(database: Database) -> bytes:
     """The exposition text: counted metrics (all workers) plus the inbox figures."""
     POOL_IN_USE.set(database.in_use())
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if MULTIPROCESS:
         counted = CollectorRegistry()
         multiprocess.MultiProcessCollector(counted)
     else:
