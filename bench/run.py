@@ -164,7 +164,9 @@ def _load_phase(
         if fixed_rate:
             target = 0.7 * best["rate"]
             connections = best["connections"]
-            delay = max(0.0, 1000 * connections / target - best["p50_ms"])
+            delay = _calibrate_delay(
+                server, postmaster_pid, customers, connections, target, best["p50_ms"]
+            )
             prefix = _deliveries_file(
                 f"{label}-fixed", int(target * plan.seconds * 1.5) + 1000, customers, seed_value=991
             )
@@ -188,6 +190,29 @@ def _load_phase(
         flush=True,
     )
     return phase
+
+
+def _calibrate_delay(
+    server, postmaster_pid, customers: int, connections: int, target: float, p50_ms: float
+) -> float:
+    """The per-request pause that makes `connections` paced connections offer `target`/s.
+
+    wrk paces each connection (send, wait for the answer, pause); the answer time depends
+    on the load, so the pause is corrected from up to three short trial runs.
+    """
+    cycle_ms = 1000 * connections / target  # each connection's time per request at the target
+    delay = max(0.0, cycle_ms - p50_ms)
+    for attempt in range(3):
+        prefix = _deliveries_file(
+            f"calibrate-{attempt}", int(target * 4 * 1.5) + 500, customers, 500 + attempt
+        )
+        trial = measure.run_wrk(server, prefix, connections=connections, seconds=3,
+                                postmaster_pid=postmaster_pid, delay_ms=delay)  # fmt: skip
+        if abs(trial.rate - target) <= 0.05 * target:
+            break
+        answer_ms = 1000 * connections / trial.rate - delay  # what the server took per request
+        delay = max(0.0, cycle_ms - answer_ms)
+    return delay
 
 
 def _memory_phase(url: str, postmaster_pid, plan: Plan, args, connections: int) -> dict:
