@@ -15,6 +15,7 @@ from pathlib import Path
 import psycopg
 import psycopg.sql
 import pytest
+from databases import scratch_database
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pytest_postgresql import factories
 
@@ -152,36 +153,13 @@ def acting_as(conn: psycopg.Connection, role: str, user_id: uuid.UUID | None = N
 # --- Fixtures for the schema and migration tests -------------------------------------
 
 
-@contextmanager
-def fresh_database(server) -> Iterator[str]:
-    """Create a brand-new, empty database on `server` (a pytest-postgresql executor); yield
-    its URL; drop it afterwards.
+def fresh_database(server):
+    """Create a brand-new, empty database on `server`; yield its URL; drop it afterwards.
 
     Roles are shared by the whole server, so anon/authenticated/service_role already exist
     (the template's migration created them); everything else is absent.
     """
-    admin = make_conninfo(
-        host=server.host,
-        port=server.port,
-        user=server.user,
-        dbname=server.maintenance_dbname,
-        password=server.password or None,
-    )
-    # Named like the per-run databases, so a killed run's leftovers are dropped with them.
-    name = f"{TEST_DB_PREFIX}{os.getpid()}_empty_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'create database "{name}" template template0')
-    try:
-        yield make_conninfo(
-            host=server.host,
-            port=server.port,
-            user=server.user,
-            dbname=name,
-            password=server.password or None,
-        )
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'drop database if exists "{name}" with (force)')
+    return scratch_database(server, template="template0", label="empty")
 
 
 @pytest.fixture

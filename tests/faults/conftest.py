@@ -12,17 +12,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import databases
 import psycopg
 import psycopg.sql
 import pytest
-from psycopg.conninfo import make_conninfo
 from servers import ServerProcess, base_env, free_port, start
 from webhook_support import SECRET
 
@@ -37,44 +35,14 @@ ROOT = Path(__file__).resolve().parents[2]
 STARTUP_SECONDS = 30.0
 # Matches conftest.TEST_DB_PREFIX, so a killed run's scratch databases are dropped with
 # the run's other databases.
-SCRATCH_PREFIX = f"webhook_tests_{os.getpid()}_faults_"
 
 
 # -- the in-order reference -----------------------------------------------------------------
 
 
-@contextmanager
-def scratch_database(server) -> Iterator[str]:
+def scratch_database(server):
     """A new database cloned from the migrated template; dropped afterwards."""
-    admin = make_conninfo(
-        host=server.host,
-        port=server.port,
-        user=server.user,
-        dbname=server.maintenance_dbname,
-        password=server.password or None,
-    )
-    name = SCRATCH_PREFIX + uuid.uuid4().hex[:10]
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(
-            psycopg.sql.SQL("create database {} template {}").format(
-                psycopg.sql.Identifier(name), psycopg.sql.Identifier(server.template_dbname)
-            )
-        )
-    try:
-        yield make_conninfo(
-            host=server.host,
-            port=server.port,
-            user=server.user,
-            dbname=name,
-            password=server.password or None,
-        )
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(
-                psycopg.sql.SQL("drop database if exists {} with (force)").format(
-                    psycopg.sql.Identifier(name)
-                )
-            )
+    return databases.scratch_database(server, template=server.template_dbname, label="faults")
 
 
 @pytest.fixture
