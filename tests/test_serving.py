@@ -37,7 +37,9 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 STARTUP_TIMEOUT_SECONDS = 20.0
 FIRST_DEV_START_TIMEOUT_SECONDS = 60.0  # initdb on first start
-STOP_TIMEOUT_SECONDS = 15.0
+# gunicorn's own bound: past graceful_timeout the master kills a worker that has not exited.
+# Usually a stop takes well under a second; under load it has once taken longer than 15 s.
+STOP_TIMEOUT_SECONDS = gunicorn_config.graceful_timeout + 10.0
 COMMAND_TIMEOUT_SECONDS = 60.0
 
 
