@@ -31,16 +31,6 @@ class MirroredSubscription:
     price_ids: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class PlanUpdate:
-    """The result of recomputing one customer's plan."""
-
-    customer: uuid.UUID
-    entitlement: Entitlement
-    changed: bool
-    previous_plan_id: int | None = None
-
-
 def lock_stripe_customer(conn: psycopg.Connection, stripe_customer_id: str) -> None:
     """Serialise all work on one Stripe customer until the transaction ends."""
     conn.execute(
@@ -178,7 +168,7 @@ def recompute_plan(
     conn: psycopg.Connection,
     customer: uuid.UUID,
     entitled_statuses: Iterable[str],
-) -> PlanUpdate:
+) -> Entitlement:
     """Set the customer's plan to what their linked subscriptions grant.
 
     Writes only when the plan really changes, so the triggers (resource reset, audit row)
@@ -196,10 +186,9 @@ def recompute_plan(
         raise ApplyError(f"no customer with uuid {customer}")
     subscriptions_list, plans = grants.get(customer, ([], {}))
     entitlement = entitled_plan(subscriptions_list, plans, entitled_statuses)
-    previous = current[0]
-    if not entitlement.decided or entitlement.plan_id == previous:
-        return PlanUpdate(customer, entitlement, changed=False, previous_plan_id=previous)
+    if not entitlement.decided or entitlement.plan_id == current[0]:
+        return entitlement
     conn.execute(
         "update public.customer set plan_id = %s where uuid = %s", (entitlement.plan_id, customer)
     )
-    return PlanUpdate(customer, entitlement, changed=True, previous_plan_id=previous)
+    return entitlement

@@ -7,7 +7,6 @@ then finds it stored and stops, so an event is applied once however it is delive
 
 import json
 from dataclasses import dataclass
-from typing import Any
 
 import psycopg
 
@@ -22,7 +21,6 @@ SETTLED = frozenset({"processed", "ignored"})
 class Stored:
     """The inbox row after storing a delivery."""
 
-    first_delivery: bool
     status: str
 
     @property
@@ -49,7 +47,7 @@ def store(
                        set_config('statement_timeout', %(statement)s, true),
                        set_config('webhook.source', %(source)s, true)) as transaction_settings
         on conflict (id) do update set deliveries = e.deliveries + 1
-        returning e.status, (xmax = 0)
+        returning e.status
         """,
         {
             "id": event.id,
@@ -65,7 +63,7 @@ def store(
         },
     ).fetchone()
     assert row is not None
-    return Stored(first_delivery=bool(row[1]), status=row[0])
+    return Stored(status=row[0])
 
 
 def record(
@@ -90,11 +88,3 @@ def record(
             "ms": round(duration_ms, 3),
         },
     )
-
-
-def load_payload(conn: psycopg.Connection, event_id: str) -> dict[str, Any] | None:
-    """The stored event as Stripe sent it; None if unknown or purged."""
-    row = conn.execute(
-        "select payload from webhook_private.events where id = %s", (event_id,)
-    ).fetchone()
-    return row[0] if row else None

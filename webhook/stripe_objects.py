@@ -159,19 +159,6 @@ def invoice_subscription_id(invoice: Mapping[str, Any]) -> str | None:
     return expandable_id(invoice.get("subscription"))
 
 
-def invoice_price_ids(invoice: Mapping[str, Any]) -> tuple[str, ...]:
-    """Price ids of the invoice's lines: `pricing.price_details.price` since basil."""
-    found = []
-    for line in list_data(invoice.get("lines")):
-        pricing = line.get("pricing")
-        details = pricing.get("price_details") if isinstance(pricing, dict) else None
-        price = details.get("price") if isinstance(details, dict) else None
-        pid = expandable_id(price) or expandable_id(line.get("price"))
-        if pid:
-            found.append(pid)
-    return tuple(dict.fromkeys(found))
-
-
 def invoice_service_period_start(invoice: Mapping[str, Any]) -> int | None:
     """Start of the period the invoice pays for.
 

@@ -52,10 +52,10 @@ def recompute_all(ctx: Context, customers: Iterable[uuid.UUID]) -> Outcome:
     """Recompute each customer's plan; fail (keeping what was stored) on unknown prices."""
     primary: uuid.UUID | None = None
     for customer in sorted(customers):
-        update = accounts.recompute_plan(ctx.conn, customer, ctx.entitled_statuses)
+        entitlement = accounts.recompute_plan(ctx.conn, customer, ctx.entitled_statuses)
         primary = primary or customer
-        if not update.entitlement.decided:
-            prices = ", ".join(update.entitlement.unknown_prices)
+        if not entitlement.decided:
+            prices = ", ".join(entitlement.unknown_prices)
             return Outcome.failed(
                 f"no plan has stripe_price_id {prices}; the customer's plan was left as it was."
                 " Add the plan, then run `python -m webhook reconcile`",
