@@ -163,7 +163,7 @@ def _load_phase(
         }
         if fixed_rate:
             target = 0.7 * best["rate"]
-            connections = best["connections"]
+            connections = _pacing_connections(runs, target)
             delay = _calibrate_delay(
                 server, postmaster_pid, customers, connections, target, best["p50_ms"]
             )
@@ -190,6 +190,16 @@ def _load_phase(
         flush=True,
     )
     return phase
+
+
+def _pacing_connections(runs: list[dict], target: float) -> int:
+    """The fewest connections that reached the target rate with 20% to spare, unpaced.
+
+    A fixed rate offered over more connections than it needs only adds queueing inside
+    the server: at 70% of the peak, the peak's own connection count measures the queue.
+    """
+    enough = [r["connections"] for r in runs if r["rate"] >= 1.2 * target]
+    return min(enough) if enough else max(runs, key=lambda r: r["rate"])["connections"]
 
 
 def _calibrate_delay(

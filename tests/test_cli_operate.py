@@ -16,7 +16,7 @@ from servers import closed_port
 from stripe_events import Delivery, EventFactory
 from webhook_support import SECRET, StripeSender, customer_state, event_status, outcome_rows
 
-from webhook.cli import cli
+from webhook.cli import cli, repair_commands
 
 TEAM_PLAN = (
     "insert into public.plans (name, price, resources, stripe_price_id)"
@@ -520,3 +520,18 @@ def test_doctor_without_a_signing_secret(db_url, plans) -> None:
     assert result.exit_code == 1, result.output
     assert "FIX  configuration: STRIPE_WEBHOOK_SECRET is not set" in result.output
     assert "1 thing(s) to fix" in result.output
+
+
+def test_progress_shows_every_step_even_when_batches_jump_over_it(capsys) -> None:
+    show = repair_commands._progress("replay")
+    for done in (30, 60, 90, 120, 1000):  # steps of 50
+        show(done, 1000)
+    assert capsys.readouterr().err.splitlines() == [
+        "replay: 60/1000",
+        "replay: 120/1000",
+        "replay: 1000/1000",
+    ]
+    quiet = repair_commands._progress("replay")
+    quiet(50, 99)
+    quiet(99, 99)
+    assert capsys.readouterr().err == ""

@@ -1,5 +1,6 @@
 """webhook/migrations.py and webhook/sqlfile.py against a real PostgreSQL."""
 
+import json
 import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -11,6 +12,9 @@ import pytest
 from webhook import migrations
 from webhook.errors import MigrationError
 from webhook.sqlfile import split_statements
+
+# The migrations the project ships; the tests add theirs from 901 on.
+SHIPPED = [m.version for m in migrations.discover()]
 
 # pg_locks covers the whole server; count only this database's advisory locks.
 ADVISORY_LOCKS = (
@@ -75,21 +79,20 @@ def test_rerunning_migrate_applies_nothing(conn) -> None:
 
 
 def test_status_lists_applied_and_pending(conn, schema_copy) -> None:
-    (schema_copy / "003_extra.sql").write_text(
+    (schema_copy / "901_extra.sql").write_text(
         "create table public.extra_thing (id int primary key);\n", encoding="utf-8"
     )
     states = migrations.status(conn, schema_copy)
     assert [(s.migration.version, s.pending) for s in states] == [
-        ("001", False),
-        ("002", False),
-        ("003", True),
+        *((version, False) for version in SHIPPED),
+        ("901", True),
     ]
     assert all(s.checksum_matches for s in states)
-    assert all(s.applied_at is not None for s in states[:2])
-    assert [m.path.name for m in migrations.pending(conn, schema_copy)] == ["003_extra.sql"]
+    assert all(s.applied_at is not None for s in states[:-1])
+    assert [m.path.name for m in migrations.pending(conn, schema_copy)] == ["901_extra.sql"]
 
     applied = migrations.migrate(conn, schema_copy)
-    assert [m.version for m in applied] == ["003"]
+    assert [m.version for m in applied] == ["901"]
     assert conn.execute("select to_regclass('public.extra_thing')::text").fetchone() == (
         "extra_thing",
     )
@@ -122,7 +125,7 @@ def test_files_that_are_not_numbered_migrations_are_ignored(schema_copy) -> None
     (schema_copy / "4_not_a_migration.sql").write_text("select 1;\n", encoding="utf-8")
     (schema_copy / "notes.txt").write_text("hello\n", encoding="utf-8")
     names = [m.path.name for m in migrations.discover(schema_copy)]
-    assert names == ["001_core.sql", "002_processor.sql"]
+    assert names == [m.path.name for m in migrations.discover()]
 
 
 # ---------------------------------------------------------------------------------------
@@ -130,7 +133,7 @@ def test_files_that_are_not_numbered_migrations_are_ignored(schema_copy) -> None
 # ---------------------------------------------------------------------------------------
 
 BROKEN = """\
--- 003: statements that work, then one that does not.
+-- 901: statements that work, then one that does not.
 create table public.broken_good (id int primary key);
 
 insert into public.broken_good values (1);
@@ -150,7 +153,7 @@ create table public.never_reached (id int);
 
 def test_broken_migration_names_file_and_line_and_changes_nothing(conn, schema_copy) -> None:
     conn.execute("insert into public.plans (name, price) values ('Existing', 1)")
-    (schema_copy / "003_broken.sql").write_text(BROKEN, encoding="utf-8")
+    (schema_copy / "901_broken.sql").write_text(BROKEN, encoding="utf-8")
     bad_line = BROKEN.splitlines().index("insert into public.plans (name, price)") + 1
     before = snapshot(conn)
 
@@ -158,7 +161,7 @@ def test_broken_migration_names_file_and_line_and_changes_nothing(conn, schema_c
         migrations.migrate(conn, schema_copy)
 
     message = str(caught.value)
-    assert "003_broken.sql" in message
+    assert "901_broken.sql" in message
     assert f"line {bad_line}" in message
     assert "plans_price_non_negative" in message
     assert "rolled back" in message
@@ -167,37 +170,37 @@ def test_broken_migration_names_file_and_line_and_changes_nothing(conn, schema_c
     assert conn.execute("select to_regclass('public.broken_good')").fetchone() == (None,)
     assert conn.execute("select to_regprocedure('public.broken_fn()')").fetchone() == (None,)
     assert conn.execute(ADVISORY_LOCKS).fetchone() == (0,)
-    assert applied_versions(conn) == ["001", "002"]
+    assert applied_versions(conn) == SHIPPED
 
     # Once the file is fixed, the next run applies it.
-    (schema_copy / "003_broken.sql").write_text(BROKEN.replace("-5", "5"), encoding="utf-8")
-    assert [m.version for m in migrations.migrate(conn, schema_copy)] == ["003"]
+    (schema_copy / "901_broken.sql").write_text(BROKEN.replace("-5", "5"), encoding="utf-8")
+    assert [m.version for m in migrations.migrate(conn, schema_copy)] == ["901"]
     assert conn.execute("select public.broken_fn()").fetchone() == (1,)
 
 
 def test_syntax_error_names_its_line(conn, schema_copy) -> None:
-    (schema_copy / "003_typo.sql").write_text(
+    (schema_copy / "901_typo.sql").write_text(
         "create table public.typo_ok (id int);\n\n\n  selec 1;\n", encoding="utf-8"
     )
-    with pytest.raises(MigrationError, match=r"003_typo\.sql, statement at line 4 \(selec 1\)"):
+    with pytest.raises(MigrationError, match=r"901_typo\.sql, statement at line 4 \(selec 1\)"):
         migrations.migrate(conn, schema_copy)
     assert conn.execute("select to_regclass('public.typo_ok')").fetchone() == (None,)
 
 
 def test_failure_keeps_the_migrations_before_it(conn, schema_copy) -> None:
-    (schema_copy / "003_good.sql").write_text(
+    (schema_copy / "901_good.sql").write_text(
         "create table public.good_three (id int);\n", encoding="utf-8"
     )
-    (schema_copy / "004_bad.sql").write_text(
+    (schema_copy / "902_bad.sql").write_text(
         "create table public.bad_four (id int);\nselect 1 / 0;\n", encoding="utf-8"
     )
     lines: list[str] = []
     with pytest.raises(
-        MigrationError, match=r"004_bad\.sql, statement at line 2.*division by zero"
+        MigrationError, match=r"902_bad\.sql, statement at line 2.*division by zero"
     ):
         migrations.migrate(conn, schema_copy, report=lines.append)
-    assert lines[-1] == "applied 003_good.sql"
-    assert applied_versions(conn) == ["001", "002", "003"]
+    assert lines[-1] == "applied 901_good.sql"
+    assert applied_versions(conn) == [*SHIPPED, "901"]
     assert conn.execute("select to_regclass('public.good_three')::text").fetchone() == (
         "good_three",
     )
@@ -221,11 +224,11 @@ def test_concurrent_migrations_apply_each_file_once(empty_db_url) -> None:
     with ThreadPoolExecutor(max_workers=runners) as pool:
         results = [f.result() for f in [pool.submit(run) for _ in range(runners)]]
 
-    assert sorted(results) == [[], [], ["001", "002"]]
+    assert sorted(results) == [[], [], SHIPPED]
     with psycopg.connect(empty_db_url, autocommit=True) as db:
         assert db.execute(
             "select version, count(*) from webhook_private.schema_migrations group by 1 order by 1"
-        ).fetchall() == [("001", 1), ("002", 1)]
+        ).fetchall() == [(version, 1) for version in SHIPPED]
         assert db.execute(ADVISORY_LOCKS).fetchone() == (0,)
         db.execute("insert into auth.users (email) values ('after@example.test')")
         assert db.execute("select email from public.customer").fetchall() == [
@@ -281,7 +284,7 @@ def test_auth_stub_leaves_an_existing_auth_schema_alone(empty_db_url) -> None:
         uid_before = uid_before.fetchone()
 
         lines: list[str] = []
-        assert [m.version for m in migrations.migrate(db, report=lines.append)] == ["001", "002"]
+        assert [m.version for m in migrations.migrate(db, report=lines.append)] == SHIPPED
 
         assert lines[0].startswith("auth: Supabase")
         assert db.execute(
@@ -352,3 +355,22 @@ def test_split_statements_of_the_real_schema_runs_every_statement(conn) -> None:
         text = (migrations.SCHEMA_DIR / name).read_text(encoding="utf-8")
         for statement in split_statements(text):
             conn.execute(statement.text)
+
+
+def test_the_inbox_keeps_payloads_out_of_its_rows(conn) -> None:
+    """003: fifty 3 kB payloads leave the heap at one or two pages; inline they take six."""
+    payload = json.dumps({"object": "event", "data": {"text": "x" * 1500, "n": list(range(300))}})
+    for n in range(50):
+        conn.execute(
+            "insert into webhook_private.events (id, type, stripe_created, payload)"
+            " values (%s, 'charge.succeeded', now(), %s)",
+            (f"evt_{n}", payload),
+        )
+    pages = conn.execute(
+        "select pg_relation_size('webhook_private.events') / current_setting('block_size')::int"
+    ).fetchone()[0]
+    assert pages <= 2
+    stored = conn.execute(
+        "select payload from webhook_private.events where id = 'evt_7'"
+    ).fetchone()
+    assert stored[0] == json.loads(payload)

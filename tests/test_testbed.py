@@ -2,6 +2,8 @@
 
 import psycopg
 
+from webhook import migrations
+
 
 def test_each_test_gets_a_migrated_database(conn: psycopg.Connection) -> None:
     version = conn.execute("show server_version_num").fetchone()[0]
@@ -9,7 +11,7 @@ def test_each_test_gets_a_migrated_database(conn: psycopg.Connection) -> None:
     applied = conn.execute(
         "select version from webhook_private.schema_migrations order by 1"
     ).fetchall()
-    assert [v for (v,) in applied] == ["001", "002"]
+    assert [v for (v,) in applied] == [m.version for m in migrations.discover()]
     assert conn.execute("select count(*) from public.customer").fetchone()[0] == 0
 
 

@@ -9,30 +9,19 @@ mirror back to an older state.
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 import psycopg
 
 from webhook import inbox
 from webhook.errors import ProjectError
-from webhook.handlers.base import Outcome
 from webhook.processor import ProcessingRules, as_failure, run_handler
+from webhook.replay_batch import BATCH_EVENTS, SUBSCRIPTION_TYPES, replay_subscription_run
+from webhook.replay_result import ReplayResult
 from webhook.stripe_objects import Event, PayloadError, parse_event
 
 
 class UnknownEvent(ProjectError):
     """The event id is not in the inbox, or its payload was purged."""
-
-
-@dataclass(frozen=True)
-class ReplayResult:
-    """One replayed event and the plan of its customer before and after."""
-
-    event_id: str
-    event_type: str
-    outcome: Outcome
-    plan_before: int | None
-    plan_after: int | None
 
 
 def failed_event_ids(conn: psycopg.Connection, event_type: str | None = None) -> list[str]:
@@ -45,18 +34,19 @@ def failed_event_ids(conn: psycopg.Connection, event_type: str | None = None) ->
     return [row[0] for row in rows]
 
 
-def check_replayable(conn: psycopg.Connection, event_ids: Iterable[str]) -> None:
-    """Raise UnknownEvent for the first id that is not in the inbox or has lost its payload.
+def check_replayable(conn: psycopg.Connection, event_ids: Iterable[str]) -> dict[str, str]:
+    """Each event's type; raise UnknownEvent for the first id not in the inbox or purged.
 
     Called before anything is applied, so that `replay A B` with a mistyped B replays
     neither, instead of committing A and then stopping without having reported it.
     """
     ids = list(dict.fromkeys(event_ids))
     rows = conn.execute(
-        "select id, payload is not null, purged_at from webhook_private.events where id = any(%s)",
+        "select id, type, payload is not null, purged_at from webhook_private.events"
+        " where id = any(%s)",
         (ids,),
     ).fetchall()
-    found = {event_id: (has_payload, purged_at) for event_id, has_payload, purged_at in rows}
+    found = {event_id: (has_payload, purged_at) for event_id, _, has_payload, purged_at in rows}
     for event_id in ids:
         if event_id not in found:
             raise UnknownEvent(f"no event {event_id} in the inbox; nothing was replayed")
@@ -67,6 +57,7 @@ def check_replayable(conn: psycopg.Connection, event_ids: Iterable[str]) -> None
                 f"the payload of event {event_id} was purged{when}, so it cannot be replayed;"
                 " nothing was replayed"
             )
+    return {event_id: event_type for event_id, event_type, _, _ in rows}
 
 
 def replay_event(
@@ -132,14 +123,37 @@ def replay_many(
     dry_run: bool = False,
     progress: Callable[[int, int], None] = lambda _done, _total: None,
 ) -> list[ReplayResult]:
-    """Replay each event in its own transaction, in the order given."""
+    """Replay the events in the order given, and say what each one did.
+
+    Consecutive subscription events go through the batch path (see replay_batch), up to
+    BATCH_EVENTS per transaction; every other event, and any the batch path leaves, gets
+    a transaction of its own. With dry_run each transaction is rolled back, so a dry run
+    shows each batch's effect on its own.
+    """
     ids = list(event_ids)
-    check_replayable(conn, ids)
-    results = []
-    for index, event_id in enumerate(ids, start=1):
-        results.append(replay_event(conn, event_id, rules, dry_run=dry_run))
-        progress(index, len(ids))
+    types = check_replayable(conn, ids)
+    results: list[ReplayResult] = []
+    while len(results) < len(ids):
+        start = len(results)
+        run = _subscription_run(ids, types, start)
+        applied = replay_subscription_run(conn, run, rules, dry_run=dry_run) if run else []
+        if applied is None:  # the database refused part of the batch: find which, one by one
+            applied = [replay_event(conn, event_id, rules, dry_run=dry_run) for event_id in run]
+        elif not applied:
+            applied = [replay_event(conn, ids[start], rules, dry_run=dry_run)]
+        results.extend(applied)
+        progress(len(results), len(ids))
     return results
+
+
+def _subscription_run(ids: list[str], types: dict[str, str], start: int) -> list[str]:
+    """The subscription events from `start` on, up to the first other one or BATCH_EVENTS."""
+    run: list[str] = []
+    for event_id in ids[start : start + BATCH_EVENTS]:
+        if types.get(event_id) not in SUBSCRIPTION_TYPES:
+            break
+        run.append(event_id)
+    return run
 
 
 def _plans(conn: psycopg.Connection, customer: uuid.UUID | None) -> tuple[int | None, int | None]:

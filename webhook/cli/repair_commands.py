@@ -24,10 +24,18 @@ def _rules() -> ProcessingRules:
 
 
 def _progress(label: str) -> Callable[[int, int], None]:
-    """Progress on stderr for long runs: every 5%, only when there are 100 or more."""
+    """Progress on stderr for long runs: every 5%, only when there are 100 or more.
+
+    `done` may jump (replay applies whole batches), so a line is shown whenever it crosses
+    into a new 5% step rather than when it lands on one.
+    """
+    shown = 0
 
     def show(done: int, total: int) -> None:
-        if total >= 100 and (done % max(total // 20, 1) == 0 or done == total):
+        nonlocal shown
+        step = max(total // 20, 1)
+        if total >= 100 and (done // step > shown // step or done == total) and done != shown:
+            shown = done
             click.echo(f"{label}: {done}/{total}", err=True)
 
     return show

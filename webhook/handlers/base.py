@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import psycopg
 
 from webhook import accounts
+from webhook.entitlement import Entitlement
 from webhook.stripe_objects import Event
 
 
@@ -55,10 +56,14 @@ def recompute_all(ctx: Context, customers: Iterable[uuid.UUID]) -> Outcome:
         entitlement = accounts.recompute_plan(ctx.conn, customer, ctx.entitled_statuses)
         primary = primary or customer
         if not entitlement.decided:
-            prices = ", ".join(entitlement.unknown_prices)
-            return Outcome.failed(
-                f"no plan has stripe_price_id {prices}; the customer's plan was left as it was."
-                " Add the plan, then run `python -m webhook reconcile`",
-                customer,
-            )
+            return Outcome.failed(unknown_prices_message(entitlement), customer)
     return Outcome.processed(primary)
+
+
+def unknown_prices_message(entitlement: Entitlement) -> str:
+    """Why an event failed when a granting subscription's prices have no plan."""
+    prices = ", ".join(entitlement.unknown_prices)
+    return (
+        f"no plan has stripe_price_id {prices}; the customer's plan was left as it was."
+        " Add the plan, then run `python -m webhook reconcile`"
+    )

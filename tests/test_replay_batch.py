@@ -1,0 +1,384 @@
+"""Batch replay ends where one-by-one replay ends.
+
+The batch path (webhook/replay_batch.py) decides a run of subscription events in memory and
+writes the net result. These tests build the same inbox in two databases (random
+subscription histories with ties, unknown prices, unlinked and several Stripe customers,
+links by metadata, other event types in between), replay the same ids through
+`replay_many` in one and event by event in the other, and compare every row the processor
+owns, and what each replay reported.
+"""
+
+import json
+import random
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from databases import scratch_database
+from stripe_events import API_VERSIONS, MONTH, Delivery, EventFactory
+
+from webhook import replay
+from webhook.config import DEFAULT_ENTITLED_STATUSES
+from webhook.processor import ProcessingRules, process_delivery
+from webhook.replay import replay_event, replay_many
+from webhook.replay_batch import replay_subscription_run
+from webhook.stripe_objects import parse_event, timestamp
+
+RULES = ProcessingRules(entitled_statuses=frozenset(DEFAULT_ENTITLED_STATUSES))
+USERS = [uuid.UUID(int=n) for n in range(1, 5)]
+# Stripe customer -> our customer (None: never linked). User 3 has two Stripe customers.
+OWNERS = {"cus_1": USERS[0], "cus_2": USERS[1], "cus_3": USERS[2], "cus_4": USERS[2], "cus_5": None}
+SUBSCRIPTIONS = {"sub_1": "cus_1", "sub_2": "cus_2", "sub_3": "cus_3", "sub_4": "cus_4",
+                 "sub_5": "cus_5", "sub_6": "cus_1"}  # fmt: skip
+STATUSES = [
+    "active",
+    "active",
+    "trialing",
+    "past_due",
+    "unpaid",
+    "canceled",
+    "incomplete",
+    "paused",
+]
+PRICES = ["price_basic", "price_pro", "price_enterprise", "price_team", "price_seats"]
+SUBSCRIPTION_TYPES = [
+    "customer.subscription.updated",
+    "customer.subscription.updated",
+    "customer.subscription.created",
+    "customer.subscription.deleted",
+    "customer.subscription.paused",
+    "customer.subscription.resumed",
+]
+
+
+@pytest.fixture
+def twin(postgresql_server) -> Iterator[psycopg.Connection]:
+    """A second database, migrated like the test's own."""
+    template = postgresql_server.template_dbname
+    with (
+        scratch_database(postgresql_server, template=template, label="twin") as url,
+        psycopg.connect(url, autocommit=True) as conn,
+    ):
+        yield conn
+
+
+def history(seed: int, *, team_last: bool = False) -> list[Delivery]:
+    """Checkouts that link the Stripe customers, then a random subscription history.
+
+    With `team_last`, the newest state of sub_1 is on price_team, which has no plan at
+    first: its owner's events fail until the plan exists.
+    """
+    rng = random.Random(seed)
+    factory = EventFactory(API_VERSIONS[seed % 2], seed=seed)
+    start = factory.clock
+    deliveries = [
+        factory.checkout_completed(
+            customer=stripe_id, subscription=None, client_reference_id=str(owner), created=start
+        )
+        for stripe_id, owner in OWNERS.items()
+        if owner is not None
+    ]
+    for _ in range(45):
+        created = start + rng.randint(1, 12)  # few seconds: many ties on `created`
+        roll = rng.random()
+        if roll < 0.06:
+            deliveries.append(factory.other("charge.succeeded", created=created))
+            continue
+        if roll < 0.1:
+            invoice = factory.new_id("in_")
+            sub_id = rng.choice(list(SUBSCRIPTIONS))
+            deliveries.append(
+                factory.invoice("invoice.paid", invoice_id=invoice, customer=SUBSCRIPTIONS[sub_id],
+                                subscription=sub_id, price_ids=[rng.choice(PRICES)],
+                                period_start=created, period_end=created + MONTH, created=created)
+            )  # fmt: skip
+            continue
+        sub_id = rng.choice(list(SUBSCRIPTIONS))
+        metadata = {}
+        if roll < 0.18:  # links by metadata: usually its own owner, sometimes someone else
+            owner = OWNERS[SUBSCRIPTIONS[sub_id]] if rng.random() < 0.6 else rng.choice(USERS)
+            metadata = {"customer_uuid": str(owner)}
+        # Now and then a subscription names another Stripe customer: Stripe does not move
+        # subscriptions, but the mirror must cope with any payload the same way twice.
+        customer = SUBSCRIPTIONS[sub_id] if rng.random() > 0.05 else rng.choice(list(OWNERS))
+        deliveries.append(
+            factory.subscription(
+                rng.choice(SUBSCRIPTION_TYPES),
+                sub_id=sub_id,
+                customer=customer,
+                status=rng.choice(STATUSES),
+                price_ids=rng.sample(PRICES, rng.choice([1, 1, 1, 2])),
+                period_start=start + rng.choice([0, MONTH]),
+                metadata=metadata,
+                created=created,
+            )
+        )
+    if team_last:
+        deliveries.append(
+            factory.subscription("customer.subscription.updated", sub_id="sub_1", customer="cus_1",
+                                 status="active", price_ids=["price_team"], created=start + 60)
+        )  # fmt: skip
+    return deliveries
+
+
+def prepare(conn: psycopg.Connection, deliveries: list[Delivery], *, backlog: bool = False) -> None:
+    """Plans (but none for price_team), the users, and every event delivered once.
+
+    With `backlog`, only the checkouts are applied; every other event is stored as failed
+    without having been applied, as after an outage of the plan catalogue: the replay
+    then does all the work.
+    """
+    conn.execute(
+        """
+        insert into public.plans (name, price, resources, stripe_price_id)
+        values ('Basic', 9.99, '{"api_calls": 1000}', 'price_basic'),
+               ('Pro', 19.99, '{"api_calls": 5000}', 'price_pro'),
+               ('Enterprise', 49.99, '{"api_calls": 20000}', 'price_enterprise')
+        """
+    )
+    for user in USERS:
+        conn.execute(
+            "insert into auth.users (id, email) values (%s, %s)", (user, f"{user.hex}@x.test")
+        )
+    for delivery in deliveries:
+        event = parse_event(json.loads(delivery.body), delivery.body.decode())
+        if backlog and not event.type.startswith("checkout."):
+            conn.execute(
+                "insert into webhook_private.events (id, type, stripe_created, object_id, payload,"
+                " status, error) values (%s, %s, %s, %s, %s, 'failed', 'backlog')",
+                (
+                    event.id,
+                    event.type,
+                    timestamp(event.created),
+                    event.object_id,
+                    delivery.body.decode(),
+                ),
+            )
+        else:
+            process_delivery(conn, event, RULES)
+
+
+def add_team_plan(conn: psycopg.Connection) -> None:
+    conn.execute(
+        "insert into public.plans (name, price, resources, stripe_price_id)"
+        " values ('Team', 29.00, '{\"api_calls\": 9000}', 'price_team')"
+    )
+
+
+def owned_rows(conn: psycopg.Connection) -> dict[str, Any]:
+    """Every row the processor writes, without timestamps and surrogate ids."""
+    query = {
+        "customers": "select uuid, plan_id, stripe_customer_id, plan_resources,"
+        " remaining_resources from public.customer order by uuid",
+        "subscriptions": "select id, stripe_customer_id, status, price_ids, current_period_end,"
+        " cancel_at_period_end, cancel_at, ended_at, metadata, order_key, event_id"
+        " from webhook_private.subscriptions order by id",
+        "links": "select stripe_customer_id, customer_uuid, event_created, linked_by_event,"
+        " deleted_at from webhook_private.customer_links order by 1",
+        "inbox": "select id, status, error, attempts from webhook_private.events order by id",
+        "resets": "select invoice_id, customer_uuid, period_start from"
+        " webhook_private.resource_resets order by 1",
+    }
+    rows: dict[str, Any] = {name: conn.execute(sql).fetchall() for name, sql in query.items()}
+    rows["attempts"] = Counter(
+        conn.execute(
+            "select event_id, trigger, outcome, error from webhook_private.event_attempts"
+        ).fetchall()
+    )
+    return rows
+
+
+def reported(results: list) -> list[tuple[Any, ...]]:
+    return [
+        (r.event_id, r.event_type, r.outcome.status, r.outcome.error, r.outcome.customer,
+         r.plan_before, r.plan_after)
+        for r in results
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def batched_events(monkeypatch) -> Counter:
+    """Counts the events the batch path applied (it still does all the work)."""
+    counts: Counter = Counter()
+
+    def counting(*args: Any, **kwargs: Any):
+        results = replay_subscription_run(*args, **kwargs)
+        counts["events"] += len(results or [])
+        counts["failed"] += sum(r.outcome.status == "failed" for r in results or [])
+        return results
+
+    monkeypatch.setattr(replay, "replay_subscription_run", counting)
+    return counts
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_batch_replay_of_a_backlog_ends_where_one_by_one_replay_ends(
+    conn, twin, seed, batched_events
+) -> None:
+    deliveries = history(seed, team_last=seed % 3 == 0)
+    for db in (conn, twin):
+        prepare(db, deliveries, backlog=True)
+        if seed % 2:
+            add_team_plan(db)
+    assert owned_rows(conn) == owned_rows(twin)
+    ids = [d.id for d in deliveries if not d.type.startswith("checkout.")]
+    random.Random(seed).shuffle(ids)
+
+    batched = replay_many(conn, ids, RULES)
+    one_by_one = [replay_event(twin, event_id, RULES) for event_id in ids]
+
+    assert reported(batched) == reported(one_by_one)
+    assert owned_rows(conn) == owned_rows(twin)
+    assert batched_events["events"] >= len(ids) // 3  # the batch path did most of the work
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_batch_replay_of_applied_events_ends_where_one_by_one_replay_ends(
+    conn, twin, seed, batched_events
+) -> None:
+    deliveries = history(seed)
+    for db in (conn, twin):
+        prepare(db, deliveries)
+        add_team_plan(db)
+    ids = [d.id for d in deliveries]
+    random.Random(seed).shuffle(ids)
+    ids[3:3] = ids[:3]  # `replay A B C A B C` applies each twice
+
+    batched = replay_many(conn, ids, RULES)
+    one_by_one = [replay_event(twin, event_id, RULES) for event_id in ids]
+
+    assert reported(batched) == reported(one_by_one)
+    assert owned_rows(conn) == owned_rows(twin)
+    assert batched_events["events"] >= len(ids) // 3
+
+
+@pytest.mark.parametrize("seed", range(12, 16))
+def test_batch_replay_of_the_failed_events_matches_too(conn, twin, seed, batched_events) -> None:
+    deliveries = history(seed, team_last=True)
+    for db in (conn, twin):
+        prepare(db, deliveries)
+    failed = [
+        row[0]
+        for row in conn.execute(
+            "select id from webhook_private.events where status = 'failed' order by received_at, id"
+        )
+    ]
+    assert deliveries[-1].id in failed
+    for db in (conn, twin):
+        add_team_plan(db)
+
+    batched = replay_many(conn, failed, RULES)
+    one_by_one = [replay_event(twin, event_id, RULES) for event_id in failed]
+
+    assert reported(batched) == reported(one_by_one)
+    assert owned_rows(conn) == owned_rows(twin)
+    assert batched_events["events"] > 0
+
+
+def test_batch_replay_reports_failures_like_one_by_one(conn, twin, batched_events) -> None:
+    """Without the Team plan, events on price_team fail again, in both paths alike."""
+    deliveries = history(3, team_last=True)
+    for db in (conn, twin):
+        prepare(db, deliveries)
+    ids = [d.id for d in deliveries]
+
+    batched = replay_many(conn, ids, RULES)
+    one_by_one = [replay_event(twin, event_id, RULES) for event_id in ids]
+
+    assert reported(batched) == reported(one_by_one)
+    assert owned_rows(conn) == owned_rows(twin)
+    assert batched_events["failed"] > 0
+
+
+def test_a_batch_writes_one_plan_change_per_customer_naming_its_event(conn) -> None:
+    """Basic -> Pro -> Enterprise within one batch: one audit row, from the last event."""
+    deliveries = [
+        EventFactory(seed=7).checkout_completed(
+            customer="cus_1", subscription=None, client_reference_id=str(USERS[0])
+        )
+    ]
+    factory = EventFactory(seed=8)
+    for step, price in enumerate(["price_basic", "price_pro", "price_enterprise"], start=1):
+        deliveries.append(
+            factory.subscription("customer.subscription.updated", sub_id="sub_1", customer="cus_1",
+                                 status="active", price_ids=[price], created=factory.clock + step)
+        )  # fmt: skip
+    prepare(conn, deliveries, backlog=True)
+    ids = [d.id for d in deliveries[1:]]
+
+    results = replay_many(conn, ids, RULES)
+
+    enterprise = conn.execute("select id from public.plans where name = 'Enterprise'").fetchone()[0]
+    assert [r.plan_after for r in results][-1] == enterprise
+    audit = conn.execute(
+        "select old_value ->> 'plan_id', new_value ->> 'plan_id', source from public.audit_logs"
+        " where customer_uuid = %s and action = 'plan_change' order by id",
+        (USERS[0],),
+    ).fetchall()
+    assert audit == [(None, str(enterprise), f"stripe:{ids[-1]}")]
+
+
+def test_with_a_stripe_key_a_full_tie_is_left_to_the_per_event_path(conn) -> None:
+    """Two states of one subscription that only their event ids tell apart: ask Stripe."""
+    factory = EventFactory(seed=9)
+    deliveries = [
+        factory.checkout_completed(
+            customer="cus_1", subscription=None, client_reference_id=str(USERS[0])
+        )
+    ]
+    for price in ("price_basic", "price_pro"):
+        deliveries.append(
+            factory.subscription("customer.subscription.updated", sub_id="sub_1", customer="cus_1",
+                                 status="active", price_ids=[price], created=factory.clock + 5,
+                                 period_start=factory.clock)
+        )  # fmt: skip
+    prepare(conn, deliveries, backlog=True)
+    ids = [d.id for d in deliveries[1:]]
+    rules = ProcessingRules(RULES.entitled_statuses, stripe_api_key="sk_test_never_called")
+
+    applied = replay_subscription_run(conn, ids, rules, dry_run=False)
+
+    assert [r.event_id for r in applied] == ids[:1]
+    assert conn.execute(
+        "select status from webhook_private.events where id = %s", (ids[1],)
+    ).fetchone() == ("failed",)
+
+
+def test_a_write_the_database_refuses_is_found_one_event_at_a_time(conn) -> None:
+    """The batch rolls back whole; one by one, only the refused event fails."""
+    deliveries = history(5)
+    prepare(conn, deliveries, backlog=True)
+    add_team_plan(conn)
+    conn.execute(
+        """
+        create function pg_temp.refuse_unpaid() returns trigger language plpgsql as $$
+        begin
+          if new.status = 'unpaid' then raise exception 'unpaid refused by test'; end if;
+          return new;
+        end $$
+        """
+    )
+    conn.execute(
+        "create trigger refuse_unpaid before insert or update on webhook_private.subscriptions"
+        " for each row execute function pg_temp.refuse_unpaid()"
+    )
+    ids = [d.id for d in deliveries if d.type.startswith("customer.subscription.")]
+
+    results = replay_many(conn, ids, RULES)
+
+    refused = {
+        r.event_id for r in results if r.outcome.error and "unpaid refused" in r.outcome.error
+    }
+    unpaid = conn.execute(
+        "select id from webhook_private.events where payload -> 'data' -> 'object' ->> 'status' = 'unpaid'"
+        " and id = any(%s)",
+        (ids,),
+    ).fetchall()
+    assert refused and refused <= {row[0] for row in unpaid}
+    assert sum(r.outcome.status == "processed" for r in results) > len(ids) // 2
+    assert conn.execute(
+        "select count(*) from webhook_private.subscriptions where status = 'unpaid'"
+    ).fetchone() == (0,)
