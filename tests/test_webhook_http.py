@@ -120,8 +120,23 @@ def test_bad_signatures_get_400_and_write_nothing(
             b' "data": {"object": {"name": "a\\u0000b"}}}',
             "NUL",
         ),
+        (
+            b'{"object": "event", "id": "evt_1", "type": "x", "created": 1,'
+            b' "data": {"object": {"name": "a\\uDC00b"}}}',
+            "surrogate",
+        ),
     ],
-    ids=["not-json", "array", "not-event", "no-object", "bad-id", "thin", "deep", "nul"],
+    ids=[
+        "not-json",
+        "array",
+        "not-event",
+        "no-object",
+        "bad-id",
+        "thin",
+        "deep",
+        "nul",
+        "surrogate",
+    ],
 )
 def test_signed_bodies_that_are_not_stripe_events_get_400(conn, client, body, reason) -> None:
     status, answer = post(client, body, sign(body, SECRET))
@@ -250,3 +265,17 @@ def test_concurrent_duplicates_are_applied_once(conn, app, plans, user, factory)
         (delivery.id,),
     ).fetchone()
     assert row == (10, 1, "processed")
+
+
+def test_escaped_characters_outside_the_basic_plane_are_stored(conn, client, factory) -> None:
+    """A valid surrogate pair (here an emoji, as json.dumps escapes it) is fine for jsonb."""
+    event = factory.other().event
+    event["data"]["object"]["description"] = "thanks \U0001f600 and caf\u00e9"
+    delivery = Delivery.from_event(event)
+    assert b"\\ud83d\\ude00" in delivery.body
+    status, _ = post(client, delivery.body, sign(delivery.body, SECRET))
+    assert status == 200
+    stored = conn.execute(
+        "select payload -> 'data' -> 'object' ->> 'description' from webhook_private.events"
+    ).fetchone()
+    assert stored == ("thanks \U0001f600 and caf\u00e9",)

@@ -10,6 +10,7 @@ traceback.
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -160,8 +161,16 @@ def _decode_json(payload: str) -> object:
         document = json.loads(payload)
     except (ValueError, RecursionError):
         raise PayloadError("body is not valid JSON") from None
-    _check_storable(document)
+    if _MAY_HOLD_UNSTORABLE.search(payload):
+        _check_storable(document)
     return document
+
+
+# NUL and lone surrogates can only reach a decoded document through these escapes (JSON
+# forbids raw control characters, and the body was decoded as strict UTF-8), so a body
+# without them needs no walk. A match may still be harmless, such as an escaped backslash
+# before "u0000" or a valid surrogate pair: the walk decides.
+_MAY_HOLD_UNSTORABLE = re.compile(r"\\u(?:0000|d[89a-f])", re.IGNORECASE)
 
 
 def _check_storable(value: object) -> None:

@@ -8,7 +8,7 @@ mirror back to an older state.
 
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import psycopg
 
@@ -123,27 +123,40 @@ def replay_many(
     dry_run: bool = False,
     progress: Callable[[int, int], None] = lambda _done, _total: None,
 ) -> list[ReplayResult]:
-    """Replay the events in the order given, and say what each one did.
+    """Replay the events in the order given, and say what each one did."""
+    return list(iter_replay(conn, event_ids, rules, dry_run=dry_run, progress=progress))
+
+
+def iter_replay(
+    conn: psycopg.Connection,
+    event_ids: Iterable[str],
+    rules: ProcessingRules,
+    *,
+    dry_run: bool = False,
+    progress: Callable[[int, int], None] = lambda _done, _total: None,
+) -> Iterator[ReplayResult]:
+    """Replay the events in the order given, yielding each result once it is committed.
 
     Consecutive subscription events go through the batch path (see replay_batch), up to
     BATCH_EVENTS per transaction; every other event, and any the batch path leaves, gets
     a transaction of its own. With dry_run each transaction is rolled back, so a dry run
-    shows each batch's effect on its own.
+    shows each batch's effect on its own. Every id is checked before anything is applied.
+    Yielding as it goes keeps a replay of 100 000 events from holding (and the garbage
+    collector from walking) 100 000 results, and lets the CLI print what is already done.
     """
     ids = list(event_ids)
     types = check_replayable(conn, ids)
-    results: list[ReplayResult] = []
-    while len(results) < len(ids):
-        start = len(results)
-        run = _subscription_run(ids, types, start)
+    done = 0
+    while done < len(ids):
+        run = _subscription_run(ids, types, done)
         applied = replay_subscription_run(conn, run, rules, dry_run=dry_run) if run else []
         if applied is None:  # the database refused part of the batch: find which, one by one
             applied = [replay_event(conn, event_id, rules, dry_run=dry_run) for event_id in run]
         elif not applied:
-            applied = [replay_event(conn, ids[start], rules, dry_run=dry_run)]
-        results.extend(applied)
-        progress(len(results), len(ids))
-    return results
+            applied = [replay_event(conn, ids[done], rules, dry_run=dry_run)]
+        done += len(applied)
+        yield from applied
+        progress(done, len(ids))
 
 
 def _subscription_run(ids: list[str], types: dict[str, str], start: int) -> list[str]:

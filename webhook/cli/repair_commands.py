@@ -9,7 +9,8 @@ from webhook.cli.context import database
 from webhook.config import load_settings
 from webhook.processor import ProcessingRules
 from webhook.reconcile import reconcile as reconcile_plans
-from webhook.replay import failed_event_ids, replay_many
+from webhook.replay import failed_event_ids, iter_replay
+from webhook.replay_result import ReplayResult
 
 
 def _rules() -> ProcessingRules:
@@ -81,17 +82,24 @@ def replay(
     if event_type and not all_failed:
         raise click.UsageError("--type only goes with --failed")
     rules = _rules()
+    replayed = failed = 0
     with database(ctx, autocommit=True) as conn:
         ids = failed_event_ids(conn, event_type) if all_failed else list(event_ids)
-        results = replay_many(conn, ids, rules, dry_run=dry_run, progress=_progress("replay"))
-    for result in results:
-        change = (
-            f"; plan {result.plan_before} -> {result.plan_after}"
-            if result.plan_before != result.plan_after
-            else ""
-        )
-        error = f": {result.outcome.error}" if result.outcome.error else ""
-        click.echo(f"{result.event_id} {result.event_type}: {result.outcome.status}{error}{change}")
+        progress = _progress("replay")
+        for result in iter_replay(conn, ids, rules, dry_run=dry_run, progress=progress):
+            click.echo(_describe(result))
+            replayed += 1
+            failed += result.outcome.status == "failed"
     prefix = "dry run, nothing kept: " if dry_run else ""
-    failed = sum(r.outcome.status == "failed" for r in results)
-    click.echo(f"{prefix}replayed {len(results)} event(s), {failed} still failing")
+    click.echo(f"{prefix}replayed {replayed} event(s), {failed} still failing")
+
+
+def _describe(result: ReplayResult) -> str:
+    """One line per replayed event: its outcome, and the plan change if there was one."""
+    change = (
+        f"; plan {result.plan_before} -> {result.plan_after}"
+        if result.plan_before != result.plan_after
+        else ""
+    )
+    error = f": {result.outcome.error}" if result.outcome.error else ""
+    return f"{result.event_id} {result.event_type}: {result.outcome.status}{error}{change}"
