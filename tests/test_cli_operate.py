@@ -535,3 +535,9 @@ def test_progress_shows_every_step_even_when_batches_jump_over_it(capsys) -> Non
     quiet(50, 99)
     quiet(99, 99)
     assert capsys.readouterr().err == ""
+
+
+def test_db_prepared_statements_is_checked_by_every_command(db_url) -> None:
+    line = fails(run(db_url, "events", env={"DB_PREPARED_STATEMENTS": "maybe"}))
+    assert "DB_PREPARED_STATEMENTS must be on, off or auto" in line
+    succeeds(run(db_url, "reconcile", env={"DB_PREPARED_STATEMENTS": "off"}))

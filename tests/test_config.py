@@ -2,7 +2,7 @@
 
 import pytest
 
-from webhook.config import load_settings
+from webhook.config import load_settings, use_prepared_statements
 from webhook.errors import ConfigError
 
 
@@ -35,6 +35,7 @@ def test_a_missing_secret_names_the_variable(value: str | None) -> None:
         ("DB_POOL_TIMEOUT", "-1"),
         ("DB_LOCK_TIMEOUT_MS", "x"),
         ("ENTITLED_STATUSES", "active,bogus"),
+        ("DB_PREPARED_STATEMENTS", "sometimes"),
     ],
 )
 def test_bad_values_name_their_variable(name: str, value: str) -> None:
@@ -55,3 +56,19 @@ def test_the_repr_never_shows_secrets() -> None:
     )
     assert "whsec_topsecret" not in repr(settings)
     assert "sk_live_x" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("value", "url", "prepare"),
+    [
+        ("", "postgresql://u:p@db.example.supabase.co:5432/postgres", True),
+        ("auto", "postgresql://u:p@aws-0-eu.pooler.supabase.com:6543/postgres", False),
+        ("", "host=pgbouncer port=6543 dbname=app", False),
+        ("", "postgresql://localhost/app", True),
+        ("on", "postgresql://u:p@aws-0-eu.pooler.supabase.com:6543/postgres", True),
+        ("off", "postgresql://localhost:5432/app", False),
+    ],
+)
+def test_prepared_statements_are_off_behind_a_transaction_pooler(value, url, prepare) -> None:
+    settings = load_settings({"STRIPE_WEBHOOK_SECRET": "whsec_a", "DB_PREPARED_STATEMENTS": value})
+    assert use_prepared_statements(settings.prepared_statements, url) is prepare

@@ -279,3 +279,32 @@ def test_escaped_characters_outside_the_basic_plane_are_stored(conn, client, fac
         "select payload -> 'data' -> 'object' ->> 'description' from webhook_private.events"
     ).fetchone()
     assert stored == ("thanks \U0001f600 and caf\u00e9",)
+
+
+@pytest.mark.parametrize(("setting", "prepared"), [("on", True), ("off", False)])
+def test_db_prepared_statements_decides_what_the_pool_prepares(
+    conn, db_url, plans, make_user, factory, setting, prepared
+) -> None:
+    """Off, no statement is ever prepared: what a pooler in transaction mode needs."""
+    app = build_app(db_url, DB_PREPARED_STATEMENTS=setting, DB_POOL_MAX_SIZE="1")
+    try:
+        sender = StripeSender(app.test_client())
+        user = make_user()
+        sender.send_all(
+            [
+                factory.checkout_completed(
+                    customer="cus_1", subscription="sub_1", client_reference_id=str(user)
+                ),
+                factory.subscription("customer.subscription.created", sub_id="sub_1",
+                                     customer="cus_1", status="active", price_ids=["price_pro"]),
+                *(factory.other() for _ in range(8)),
+            ]
+        )  # fmt: skip
+        database = app.extensions["webhook"].database
+        count = database.run(
+            lambda c: c.execute("select count(*) from pg_prepared_statements").fetchone()[0]
+        )
+        assert (count > 0) is prepared
+        assert customer_state(conn, user)["plan_id"] == plans["Pro"]
+    finally:
+        app.extensions["webhook"].database.close()

@@ -18,7 +18,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from webhook import metrics, migrations
-from webhook.config import Settings, load_settings
+from webhook.config import Settings, load_settings, use_prepared_statements
 from webhook.db import resolve_database_url
 from webhook.errors import DatabaseUnavailable
 from webhook.logs import configure_event_log, log_result
@@ -51,11 +51,13 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     with a missing secret fails at start-up rather than at the first delivery.
     """
     settings = load_settings({**os.environ, **(config or {})})
+    database_url = resolve_database_url(settings.database_url)
     database = Database(
-        resolve_database_url(settings.database_url),
+        database_url,
         min_size=settings.pool_min_size,
         max_size=settings.pool_max_size,
         timeout=settings.pool_timeout_seconds,
+        prepare=use_prepared_statements(settings.prepared_statements, database_url),
     )
     service = Service(
         settings=settings,

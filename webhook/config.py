@@ -8,6 +8,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
 from webhook.errors import ConfigError
 
 KNOWN_STATUSES = frozenset(
@@ -40,6 +43,8 @@ class Settings:
     pool_timeout_seconds: float = 5.0
     lock_timeout_ms: int = 5000
     statement_timeout_ms: int = 15000
+    # None: decide from the URL (off for a transaction pooler's port), see prepared_statements().
+    prepared_statements: bool | None = None
 
     def __repr__(self) -> str:
         # Never let a secret reach a log line through a repr.
@@ -82,7 +87,30 @@ def load_settings(
         pool_timeout_seconds=_float(env, "DB_POOL_TIMEOUT", 5.0),
         lock_timeout_ms=_int(env, "DB_LOCK_TIMEOUT_MS", 5000, minimum=1),
         statement_timeout_ms=_int(env, "DB_STATEMENT_TIMEOUT_MS", 15000, minimum=1),
+        prepared_statements=prepared_statements_setting(env),
     )
+
+
+# Supabase's transaction pooler (Supavisor) listens on 6543; PgBouncer deployments often
+# use the same port for transaction mode. A pooler in transaction mode hands each
+# transaction to any server connection, where a statement prepared by another one is unknown.
+TRANSACTION_POOLER_PORT = 6543
+
+
+def use_prepared_statements(setting: bool | None, database_url: str) -> bool:
+    """Whether to let psycopg prepare statements on connections to `database_url`.
+
+    Prepared statements save the server re-planning the same few statements for every
+    event; they cannot work through a pooler in transaction mode. Unless
+    DB_PREPARED_STATEMENTS says otherwise, they are off for URLs on port 6543.
+    """
+    if setting is not None:
+        return setting
+    try:
+        port = conninfo_to_dict(database_url).get("port")
+    except psycopg.ProgrammingError:
+        return True  # not a URL psycopg can read: connecting will say why
+    return str(port) != str(TRANSACTION_POOLER_PORT)
 
 
 def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
@@ -109,6 +137,18 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     if value <= 0:
         raise ConfigError(f"{name} must be positive, got {raw}")
     return value
+
+
+def prepared_statements_setting(env: Mapping[str, str]) -> bool | None:
+    """DB_PREPARED_STATEMENTS: True (on), False (off), or None (auto, the default)."""
+    raw = env.get("DB_PREPARED_STATEMENTS", "").strip().lower()
+    if not raw or raw == "auto":
+        return None
+    if raw in {"on", "true", "1", "yes"}:
+        return True
+    if raw in {"off", "false", "0", "no"}:
+        return False
+    raise ConfigError(f"DB_PREPARED_STATEMENTS must be on, off or auto, got {raw!r}")
 
 
 def _statuses(env: Mapping[str, str]) -> frozenset[str]:

@@ -25,8 +25,16 @@ T = TypeVar("T")
 class Database:
     """A lazily opened, fork-aware pool of autocommit connections."""
 
-    def __init__(self, url: str, *, min_size: int, max_size: int, timeout: float) -> None:
+    def __init__(
+        self, url: str, *, min_size: int, max_size: int, timeout: float, prepare: bool = True
+    ) -> None:
         self.url = url
+        # prepare_threshold None: never prepare (a pooler in transaction mode); 5 is psycopg's default.
+        self._connect_options = {
+            "autocommit": True,
+            "connect_timeout": 5,
+            "prepare_threshold": 5 if prepare else None,
+        }
         self._min_size = min_size
         self._max_size = max_size
         self._timeout = timeout
@@ -44,7 +52,7 @@ class Database:
                     min_size=self._min_size,
                     max_size=self._max_size,
                     timeout=self._timeout,
-                    kwargs={"autocommit": True, "connect_timeout": 5},
+                    kwargs=self._connect_options,
                     open=False,
                     name="webhook",
                 )
