@@ -90,7 +90,11 @@ def write_chart(results: dict, path: Path) -> None:
     runs = results["small"]["runs"]
     connections = [r["connections"] for r in runs]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.plot(connections, [r["rate"] for r in runs], marker="o", label="webhook")
+    small, large = results["small"], results["large"]
+    left.plot(connections, [r["rate"] for r in runs], marker="o",
+              label=f"webhook, {small['customers']:,} customers")  # fmt: skip
+    left.plot([r["connections"] for r in large["runs"]], [r["rate"] for r in large["runs"]],
+              marker="s", label=f"webhook, {large['customers']:,} customers")  # fmt: skip
     left.axhline(
         results["small"]["pgbench_tps"], color="grey", linestyle="--", label="pgbench floor"
     )
