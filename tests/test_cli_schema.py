@@ -195,3 +195,19 @@ def test_unreachable_database_fails_in_one_line_without_the_password(url, comman
     assert "s3cret" not in line
     assert "***" in line
     assert "127.0.0.1" in line
+
+
+@pytest.mark.parametrize(
+    ("url", "env"),
+    [
+        ("postgresql://postgres:pw@127.0.0.1:6543/postgres", {}),
+        ("postgresql://postgres:pw@127.0.0.1:5432/postgres", {"DB_PREPARED_STATEMENTS": "off"}),
+    ],
+)
+def test_migrate_refuses_a_transaction_pooler_before_connecting(url, env) -> None:
+    result = CliRunner().invoke(cli, ["--database-url", url, "migrate"], env=env)
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    assert "transaction pooler" in result.output and "port 5432" in result.output
+    assert "pw" not in result.output

@@ -1,10 +1,13 @@
 """migrate, drop and seed-plans: putting the schema in place and taking it away."""
 
+import os
+
 import click
 
 from webhook import migrations
 from webhook.cli import cli
-from webhook.cli.context import database
+from webhook.cli.context import database, database_url
+from webhook.config import prepared_statements_setting, use_prepared_statements
 
 
 @cli.command()
@@ -12,6 +15,8 @@ from webhook.cli.context import database
 @click.pass_context
 def migrate(ctx: click.Context, show_status: bool) -> None:
     """Apply pending migrations from schema/ (a no-op when all are applied)."""
+    if not show_status:
+        _refuse_a_transaction_pooler(ctx)
     with database(ctx, autocommit=True) as conn:
         if show_status:
             _print_status(conn)
@@ -19,6 +24,23 @@ def migrate(ctx: click.Context, show_status: bool) -> None:
         applied = migrations.migrate(conn, report=click.echo)
         if not applied:
             click.echo("nothing to apply: the schema is up to date")
+
+
+def _refuse_a_transaction_pooler(ctx: click.Context) -> None:
+    """Stop before migrating through a pooler in transaction mode.
+
+    The migrator holds a session advisory lock across its transactions; behind such a
+    pooler the lock and its release can land on different server connections, and a
+    lock left behind would block every later migrate. The same signal that turns off
+    prepared statements (port 6543, or DB_PREPARED_STATEMENTS=off) says "transaction pooler".
+    """
+    url = database_url(ctx)
+    if not use_prepared_statements(prepared_statements_setting(os.environ), url):
+        raise click.ClickException(
+            "migrate needs a session connection, and DATABASE_URL looks like a transaction"
+            " pooler (port 6543, or DB_PREPARED_STATEMENTS=off): use the direct connection"
+            " or the session pooler (port 5432)"
+        )
 
 
 def _print_status(conn) -> None:
