@@ -211,3 +211,14 @@ def test_migrate_refuses_a_transaction_pooler_before_connecting(url, env) -> Non
     assert "Traceback" not in result.output
     assert "transaction pooler" in result.output and "port 5432" in result.output
     assert "pw" not in result.output
+
+
+def test_migrate_url_takes_over_from_database_url_but_not_from_the_option(db_url) -> None:
+    pooler = "postgresql://postgres:pw@127.0.0.1:6543/postgres"
+    env = {"DATABASE_URL": pooler, "MIGRATE_DATABASE_URL": db_url}
+    result = CliRunner().invoke(cli, ["migrate"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "nothing to apply: the schema is up to date" in result.output
+    explicit = CliRunner().invoke(cli, ["--database-url", pooler, "migrate"], env=env)
+    assert explicit.exit_code == 1
+    assert "transaction pooler" in explicit.output

@@ -14,7 +14,16 @@ from webhook.config import prepared_statements_setting, use_prepared_statements
 @click.option("--status", "show_status", is_flag=True, help="List applied and pending migrations.")
 @click.pass_context
 def migrate(ctx: click.Context, show_status: bool) -> None:
-    """Apply pending migrations from schema/ (a no-op when all are applied)."""
+    """Apply pending migrations from schema/ (a no-op when all are applied).
+
+    MIGRATE_DATABASE_URL, when set, is used instead of DATABASE_URL (but not instead of
+    --database-url): the web service may sit behind a transaction pooler that migrate
+    cannot use, and platforms run the Procfile's release line with the web's environment.
+    """
+    migrate_url = os.environ.get("MIGRATE_DATABASE_URL", "").strip()
+    given = ctx.parent.get_parameter_source("database_url") if ctx.parent else None
+    if migrate_url and given is not click.core.ParameterSource.COMMANDLINE:
+        ctx.obj["database_url"] = migrate_url
     if not show_status:
         _refuse_a_transaction_pooler(ctx)
     with database(ctx, autocommit=True) as conn:
@@ -39,7 +48,8 @@ def _refuse_a_transaction_pooler(ctx: click.Context) -> None:
         raise click.ClickException(
             "migrate needs a session connection, and DATABASE_URL looks like a transaction"
             " pooler (port 6543, or DB_PREPARED_STATEMENTS=off): use the direct connection"
-            " or the session pooler (port 5432)"
+            " or the session pooler (port 5432), in MIGRATE_DATABASE_URL if the service"
+            " needs DATABASE_URL for the pooler"
         )
 
 
