@@ -387,3 +387,38 @@ def test_a_write_the_database_refuses_is_found_one_event_at_a_time(conn) -> None
     assert conn.execute(
         "select count(*) from webhook_private.subscriptions where status = 'unpaid'"
     ).fetchone() == (0,)
+
+
+def test_a_plan_that_comes_back_within_a_batch_gets_the_move_away_and_back(conn) -> None:
+    """Basic -> Pro -> Basic: two audit rows naming their events, and the resources reset."""
+    factory = EventFactory(seed=10)
+    link = factory.checkout_completed(
+        customer="cus_1", subscription=None, client_reference_id=str(USERS[0])
+    )
+    steps = [
+        factory.subscription("customer.subscription.updated", sub_id="sub_1", customer="cus_1",
+                             status="active", price_ids=[price], created=factory.clock + n)
+        for n, price in enumerate(["price_basic", "price_pro", "price_basic"], start=1)
+    ]  # fmt: skip
+    prepare(conn, [link, *steps[1:]], backlog=True)
+    process_delivery(conn, parse_event(json.loads(steps[0].body)), RULES)
+    conn.execute(
+        "update public.customer set remaining_resources = '{\"api_calls\": 3}' where uuid = %s",
+        (USERS[0],),
+    )
+    conn.execute("delete from public.audit_logs")
+
+    replay_many(conn, [d.id for d in steps[1:]], RULES)
+
+    plans = dict(conn.execute("select name, id from public.plans").fetchall())
+    rows = conn.execute(
+        "select old_value ->> 'plan_id', new_value ->> 'plan_id', source from public.audit_logs"
+        " where customer_uuid = %s and action = 'plan_change' order by id",
+        (USERS[0],),
+    ).fetchall()
+    basic, pro = str(plans["Basic"]), str(plans["Pro"])
+    assert rows == [(basic, pro, f"stripe:{steps[1].id}"), (pro, basic, f"stripe:{steps[2].id}")]
+    remaining = conn.execute(
+        "select remaining_resources from public.customer where uuid = %s", (USERS[0],)
+    ).fetchone()
+    assert remaining == ({"api_calls": 1000},)

@@ -12,7 +12,8 @@ the same row, and in the row in-order delivery gives for real lifecycles:
 4. then the event type: `created` comes before any update, `deleted` after all;
 5. then how far the status has gone in the lifecycle (incomplete before active, ...).
 
-The event id breaks any remaining tie, arbitrarily but the same way every time.
+The event id breaks any remaining tie, arbitrarily but the same way every time: byte by
+byte (COLLATE "C" in SQL, as Python compares strings), whatever the database's collation.
 """
 
 from webhook.stripe_objects import SubscriptionState

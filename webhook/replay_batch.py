@@ -15,8 +15,9 @@ plan alone, as the handler does. Only the net result is written. tests/test_repl
 replays the same random histories both ways and compares every row.
 
 One difference from one-by-one replay, on purpose: a customer whose plan moves several
-times within a batch gets one plan change (one audit row, one resource reset) from the
-first plan to the last. The plans in between were never in force.
+times within a batch gets only the last move (one audit row, one resource reset), or, when
+the plan comes back to where it started, the last move away and the move back. The plans
+in between were never in force; the resources end as one by one.
 
 A run stops at the first event this path does not cover, and the caller applies that
 event through the per-event path: another type, a repeated id, a payload that does not
@@ -104,7 +105,24 @@ class _Snapshot:
         for sub in subscriptions:
             self._index(sub)
         self.changed: dict[str, tuple[_Mirrored, SubscriptionState]] = {}
-        self.plan_set_by: dict[uuid.UUID, str] = {}
+        # Per customer, each plan change the events made, in order: (event id, new plan).
+        self.plan_moves: dict[uuid.UUID, list[tuple[str, int | None]]] = {}
+
+    def plan_writes(self) -> tuple[list[tuple[uuid.UUID, int | None, str]], ...]:
+        """The plan updates that give each customer the one-by-one result, in two rounds.
+
+        A customer whose plan ends elsewhere gets one change, to the last plan. One whose
+        plan came back to where it started gets the last move away and the move back: one
+        by one, that return fired the plan trigger and reset the resources, and so must
+        the batch. Each write names the event that made that move.
+        """
+        first, last = [], []
+        for owner, moves in self.plan_moves.items():
+            if moves[-1][1] == self.plans_at_start[owner]:
+                away_event, away_plan = moves[-2]
+                first.append((owner, away_plan, away_event))
+            last.append((owner, moves[-1][1], moves[-1][0]))
+        return first, last
 
     def owner_subscriptions(self, owner: uuid.UUID, replacing: _Mirrored | None) -> list[_Mirrored]:
         """The owner's linked subscriptions as the rule would read them, with `replacing` in."""
@@ -168,7 +186,7 @@ def _claim(
     # picks nested loops that make each batch slower than the last.
     conn.execute(
         "select set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true),"
-        " set_config('synchronous_commit', 'off', true),"
+        " set_config('synchronous_commit', 'off', true), set_config('webhook.source', '', true),"
         " set_config('plan_cache_mode', 'force_custom_plan', true)",
         (f"{rules.lock_timeout_ms}ms", f"{rules.statement_timeout_ms}ms"),
     )
@@ -199,6 +217,8 @@ def _candidate(payload: Any) -> _Candidate | None:
         if event.type not in SUBSCRIPTION_TYPES or metadata_customer_uuid(event.object):
             return None
         state = subscription_state(event.object)
+        for moment in (state.current_period_end, state.cancel_at, state.ended_at):
+            timestamp(moment)  # the handler fails on an out-of-range one before anything else
     except PayloadError:
         return None
     key = tuple(subscription_order_key(event.created, event.type, state))
@@ -292,7 +312,7 @@ def _decide(
             snapshot.keep(row, state)
         if owner is not None and outcome.status == "processed" and before != after:
             snapshot.plans_now[owner] = after
-            snapshot.plan_set_by[owner] = event.id
+            snapshot.plan_moves.setdefault(owner, []).append((event.id, after))
         results.append(ReplayResult(event.id, event.type, outcome, before, after))
     return results
 
@@ -324,33 +344,9 @@ def _write(
     """Write the net result: mirror rows, changed plans (with their audit source), the inbox."""
     if snapshot.changed:
         conn.execute(_UPSERT_MIRROR, (json.dumps(_mirror_rows(snapshot)),))
-    moved = [
-        (owner, plan)
-        for owner, plan in snapshot.plans_now.items()
-        if plan != snapshot.plans_at_start[owner]
-    ]
-    if moved:
-        customers = [owner for owner, _ in moved]
-        conn.execute(
-            "update public.customer c set plan_id = v.plan_id"
-            " from unnest(%s::uuid[], %s::bigint[]) as v(uuid, plan_id) where c.uuid = v.uuid",
-            (customers, [plan for _, plan in moved]),
-        )
-        # The audit trigger reads one source per statement; name each customer's own event.
-        # (The `= any` repeats the join so that the planner sees how many rows to expect.)
-        conn.execute(
-            """
-            update public.audit_logs a set source = v.source
-              from unnest(%s::uuid[], %s::text[]) as v(uuid, source)
-             where a.customer_uuid = v.uuid and a.customer_uuid = any(%s::uuid[])
-               and a.created_at = now() and a.action = 'plan_change'
-            """,
-            (
-                customers,
-                [f"stripe:{snapshot.plan_set_by[owner]}" for owner in customers],
-                customers,
-            ),
-        )
+    for writes in snapshot.plan_writes():
+        if writes:
+            _write_plans(conn, writes)
     conn.execute(
         _RECORD_OUTCOMES,
         {
@@ -359,6 +355,30 @@ def _write(
             "errors": [r.outcome.error for r in results],
             "ms": round(ms_each, 3),
         },
+    )
+
+
+def _write_plans(conn: psycopg.Connection, writes: list[tuple[uuid.UUID, int | None, str]]) -> None:
+    """Set the plans (the triggers reset resources and write audit rows), then name the events.
+
+    The audit trigger reads one source per statement (webhook.source, empty in a batch), so
+    the rows this statement wrote are found afterwards, still without a source, and named.
+    (The `= any` repeats the join so that the planner sees how many rows to expect.)
+    """
+    customers = [owner for owner, _, _ in writes]
+    conn.execute(
+        "update public.customer c set plan_id = v.plan_id"
+        " from unnest(%s::uuid[], %s::bigint[]) as v(uuid, plan_id) where c.uuid = v.uuid",
+        (customers, [plan for _, plan, _ in writes]),
+    )
+    conn.execute(
+        """
+        update public.audit_logs a set source = v.source
+          from unnest(%s::uuid[], %s::text[]) as v(uuid, source)
+         where a.customer_uuid = v.uuid and a.customer_uuid = any(%s::uuid[])
+           and a.created_at = now() and a.action = 'plan_change' and a.source is null
+        """,
+        (customers, [f"stripe:{event_id}" for _, _, event_id in writes], customers),
     )
 
 
@@ -405,7 +425,8 @@ on conflict (id) do update
       cancel_at = excluded.cancel_at, ended_at = excluded.ended_at,
       metadata = excluded.metadata, order_key = excluded.order_key,
       event_id = excluded.event_id, updated_at = now()
-  where (excluded.order_key, excluded.event_id) > (s.order_key, s.event_id)
+  where (excluded.order_key, excluded.event_id::text collate "C")
+        > (s.order_key, s.event_id::text collate "C")
 """
 
 _RECORD_OUTCOMES = """

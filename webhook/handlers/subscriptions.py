@@ -32,7 +32,8 @@ on conflict (id) do update
       cancel_at = excluded.cancel_at, ended_at = excluded.ended_at,
       metadata = excluded.metadata, order_key = excluded.order_key,
       event_id = excluded.event_id, updated_at = now()
-  where %(fetched)s or (excluded.order_key, excluded.event_id) > (s.order_key, s.event_id)
+  where %(fetched)s or (excluded.order_key, excluded.event_id::text collate "C")
+        > (s.order_key, s.event_id::text collate "C")
 """
 
 
