@@ -20,7 +20,7 @@ import pytest
 from databases import scratch_database
 from stripe_events import API_VERSIONS, MONTH, Delivery, EventFactory
 
-from webhook import replay
+from webhook import replay, replay_batch
 from webhook.config import DEFAULT_ENTITLED_STATUSES
 from webhook.processor import ProcessingRules, process_delivery
 from webhook.replay import replay_event, replay_many
@@ -422,3 +422,21 @@ def test_a_plan_that_comes_back_within_a_batch_gets_the_move_away_and_back(conn)
         "select remaining_resources from public.customer where uuid = %s", (USERS[0],)
     ).fetchone()
     assert remaining == ({"api_calls": 1000},)
+
+
+def test_a_fault_in_the_batch_path_falls_back_to_one_by_one(conn, twin, monkeypatch) -> None:
+    deliveries = history(6)
+    for db in (conn, twin):
+        prepare(db, deliveries, backlog=True)
+        add_team_plan(db)
+    ids = [d.id for d in deliveries if not d.type.startswith("checkout.")]
+
+    def broken(*_args: Any) -> None:
+        raise RuntimeError("injected fault")
+
+    monkeypatch.setattr(replay_batch, "_decide", broken)
+    batched = replay_many(conn, ids, RULES)
+    one_by_one = [replay_event(twin, event_id, RULES) for event_id in ids]
+
+    assert reported(batched) == reported(one_by_one)
+    assert owned_rows(conn) == owned_rows(twin)

@@ -26,6 +26,7 @@ with STRIPE_API_KEY set, a full tie with the stored state (which asks Stripe).
 """
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import Sequence
@@ -50,6 +51,8 @@ from webhook.stripe_objects import (
 )
 
 BATCH_EVENTS = 1000
+
+log = logging.getLogger(__name__)
 
 SUBSCRIPTION_TYPES = frozenset(
     {
@@ -156,9 +159,10 @@ def replay_subscription_run(
     """Apply the longest prefix of `event_ids` this path covers, in one transaction.
 
     Returns the results of the events applied, in order (possibly none: the first event
-    needs the per-event path), or None when the database refused a write, in which case
-    nothing was kept and the caller should replay these events one by one to find out
-    which one it refused. A lost connection or a timeout is raised, as for a delivery.
+    needs the per-event path), or None when the database refused a write or this path
+    failed, in which case nothing was kept and the caller replays these events one by one
+    (which also finds the event the database refused). A lost connection or a timeout is
+    raised, as for a delivery.
     """
     started = time.perf_counter()
     try:
@@ -175,6 +179,9 @@ def replay_subscription_run(
     except psycopg.OperationalError:
         raise
     except psycopg.Error:
+        return None
+    except Exception:  # a fault of this path must not stop a replay the per-event path can do
+        log.exception("batch replay failed; replaying these %d events one by one", len(event_ids))
         return None
 
 
