@@ -345,10 +345,6 @@ where periods.plan_id is not null;
 -- default; take it back and grant exactly what the policies below are written for.
 revoke all on public.plans, public.customer, public.audit_logs from public, anon, authenticated;
 revoke all on public.usage_analytics, public.customer_plan_history from public, anon, authenticated;
--- The identity sequences too: Supabase's defaults grant them to the API roles, and UPDATE on
--- a sequence allows setval(). Identity columns need no sequence privilege to insert.
-revoke all on sequence public.plans_id_seq, public.audit_logs_id_seq
-  from public, anon, authenticated;
 grant select on public.plans to anon, authenticated;
 grant select on public.customer, public.audit_logs to authenticated;
 grant select on public.usage_analytics, public.customer_plan_history to authenticated;

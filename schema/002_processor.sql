@@ -46,18 +46,12 @@ create index event_attempts_event_id_idx on webhook_private.event_attempts (even
 
 -- Which of our customers a Stripe customer belongs to. A user can end up with several
 -- Stripe customers (Checkout creates a new one unless told otherwise); their plan is the
--- best one granted by any of them. Links are order-safe like subscriptions: a link records
--- the Stripe `created` of the event that made it, an older event cannot move it, and a
--- deleted Stripe customer keeps a tombstone (customer_uuid null, deleted_at set) so that
--- no late event links it again.
+-- best one granted by any of them.
 create table webhook_private.customer_links (
   stripe_customer_id text primary key,
-  customer_uuid uuid references public.customer (uuid) on delete cascade,
-  event_created timestamptz not null default now(),
-  linked_by_event text,
-  deleted_at timestamptz,
+  customer_uuid uuid not null references public.customer (uuid) on delete cascade,
   linked_at timestamptz not null default now(),
-  constraint customer_links_live_or_deleted check ((customer_uuid is null) = (deleted_at is not null))
+  linked_by_event text
 );
 
 create index customer_links_customer_uuid_idx on webhook_private.customer_links (customer_uuid);

@@ -3,6 +3,7 @@
 import json
 import shutil
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -374,3 +375,45 @@ def test_the_inbox_keeps_payloads_out_of_its_rows(conn) -> None:
         "select payload from webhook_private.events where id = 'evt_7'"
     ).fetchone()
     assert stored[0] == json.loads(payload)
+
+
+def test_links_made_before_005_survive_it_dated_by_their_event(empty_db_url, schema_copy) -> None:
+    """A database migrated up to 003 keeps its links; 005 dates them from the linking event."""
+    for later in ("004_revoke_identity_sequences.sql", "005_order_safe_customer_links.sql"):
+        (schema_copy / later).unlink()
+    user = uuid.uuid4()
+    with psycopg.connect(empty_db_url, autocommit=True) as db:
+        migrations.migrate(db, schema_copy)
+        db.execute("insert into auth.users (id, email) values (%s, 'old@example.test')", (user,))
+        db.execute(
+            "insert into webhook_private.events (id, type, stripe_created, payload)"
+            " values ('evt_link', 'checkout.session.completed', '2026-01-02 03:04:05+00', '{}')"
+        )
+        db.execute(
+            "insert into webhook_private.customer_links (stripe_customer_id, customer_uuid,"
+            " linked_by_event) values ('cus_linked', %s, 'evt_link'), ('cus_other', %s, null)",
+            (user, user),
+        )
+        assert [m.version for m in migrations.migrate(db)] == ["004", "005"]
+        rows = db.execute(
+            "select stripe_customer_id, customer_uuid, event_created = '2026-01-02 03:04:05+00',"
+            " event_created = linked_at, deleted_at from webhook_private.customer_links order by 1"
+        ).fetchall()
+        assert rows == [
+            ("cus_linked", user, True, False, None),
+            ("cus_other", user, False, True, None),
+        ]
+
+
+def test_005_changes_nothing_on_a_table_that_already_has_its_shape(conn) -> None:
+    before = conn.execute(
+        "select column_name, is_nullable, column_default from information_schema.columns"
+        " where table_schema = 'webhook_private' and table_name = 'customer_links' order by 1"
+    ).fetchall()
+    migrations.run_script(conn, migrations.SCHEMA_DIR / "005_order_safe_customer_links.sql")
+    after = conn.execute(
+        "select column_name, is_nullable, column_default from information_schema.columns"
+        " where table_schema = 'webhook_private' and table_name = 'customer_links' order by 1"
+    ).fetchall()
+    assert after == before
+    assert ("deleted_at", "YES", None) in after
