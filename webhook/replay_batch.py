@@ -37,6 +37,7 @@ import psycopg
 
 from webhook.entitlement import PlanPrice, entitled_plan
 from webhook.handlers.base import Outcome, unknown_prices_message
+from webhook.handlers.subscriptions import MIRROR_ON_CONFLICT, NEWER_STATE
 from webhook.ordering import is_full_tie, subscription_order_key
 from webhook.processor import ProcessingRules
 from webhook.replay_result import ReplayResult
@@ -415,7 +416,7 @@ def _iso(value: int | None) -> str | None:
     return moment.isoformat() if moment is not None else None
 
 
-_UPSERT_MIRROR = """
+_UPSERT_MIRROR = f"""
 insert into webhook_private.subscriptions as s
   (id, stripe_customer_id, status, price_ids, current_period_end, cancel_at_period_end,
    cancel_at, ended_at, metadata, order_key, event_id, updated_at)
@@ -425,15 +426,8 @@ select r.id, r.stripe_customer_id, r.status, r.price_ids, r.current_period_end,
          id text, stripe_customer_id text, status text, price_ids text[],
          current_period_end timestamptz, cancel_at_period_end boolean, cancel_at timestamptz,
          ended_at timestamptz, metadata jsonb, order_key bigint[], event_id text)
-on conflict (id) do update
-  set stripe_customer_id = excluded.stripe_customer_id, status = excluded.status,
-      price_ids = excluded.price_ids, current_period_end = excluded.current_period_end,
-      cancel_at_period_end = excluded.cancel_at_period_end,
-      cancel_at = excluded.cancel_at, ended_at = excluded.ended_at,
-      metadata = excluded.metadata, order_key = excluded.order_key,
-      event_id = excluded.event_id, updated_at = now()
-  where (excluded.order_key, excluded.event_id::text collate "C")
-        > (s.order_key, s.event_id::text collate "C")
+{MIRROR_ON_CONFLICT}
+  where {NEWER_STATE}
 """
 
 _RECORD_OUTCOMES = """

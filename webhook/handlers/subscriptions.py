@@ -19,12 +19,10 @@ from webhook.stripe_objects import (
     timestamp,
 )
 
-_UPSERT = """
-insert into webhook_private.subscriptions as s
-  (id, stripe_customer_id, status, price_ids, current_period_end, cancel_at_period_end,
-   cancel_at, ended_at, metadata, order_key, event_id, updated_at)
-values (%(id)s, %(customer)s, %(status)s, %(prices)s, %(period_end)s, %(cancel_at_period_end)s,
-        %(cancel_at)s, %(ended_at)s, %(metadata)s::jsonb, %(key)s, %(event_id)s, now())
+# The conflict clause every write to the mirror shares (this handler's upsert, and batch
+# replay's): a state replaces the stored one only if its order key is greater, with the
+# event id compared byte by byte (as Python compares strings), whatever the collation.
+MIRROR_ON_CONFLICT = """
 on conflict (id) do update
   set stripe_customer_id = excluded.stripe_customer_id, status = excluded.status,
       price_ids = excluded.price_ids, current_period_end = excluded.current_period_end,
@@ -32,8 +30,18 @@ on conflict (id) do update
       cancel_at = excluded.cancel_at, ended_at = excluded.ended_at,
       metadata = excluded.metadata, order_key = excluded.order_key,
       event_id = excluded.event_id, updated_at = now()
-  where %(fetched)s or (excluded.order_key, excluded.event_id::text collate "C")
-        > (s.order_key, s.event_id::text collate "C")
+"""
+NEWER_STATE = """(excluded.order_key, excluded.event_id::text collate "C")
+        > (s.order_key, s.event_id::text collate "C")"""
+
+_UPSERT = f"""
+insert into webhook_private.subscriptions as s
+  (id, stripe_customer_id, status, price_ids, current_period_end, cancel_at_period_end,
+   cancel_at, ended_at, metadata, order_key, event_id, updated_at)
+values (%(id)s, %(customer)s, %(status)s, %(prices)s, %(period_end)s, %(cancel_at_period_end)s,
+        %(cancel_at)s, %(ended_at)s, %(metadata)s::jsonb, %(key)s, %(event_id)s, now())
+{MIRROR_ON_CONFLICT}
+  where %(fetched)s or {NEWER_STATE}
 """
 
 
