@@ -126,7 +126,7 @@ def plans(conn: psycopg.Connection) -> dict[str, int]:
     """Three plans with Stripe prices: name -> id."""
     rows = conn.execute(
         """
-        insert into public.plans (name, price, resources, stripe_price_id, stripe_plan_id)
+        insert into public.plans (name, price, resources, stripe_price_id, stripe_product_id)
         values ('Basic', 9.99, '{"api_calls": 1000, "storage_gb": 10}', 'price_basic', 'prod_basic'),
                ('Pro', 19.99, '{"api_calls": 5000, "storage_gb": 50}', 'price_pro', 'prod_pro'),
                ('Enterprise', 49.99, '{"api_calls": 20000, "storage_gb": 200}', 'price_enterprise', 'prod_enterprise')

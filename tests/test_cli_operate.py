@@ -460,7 +460,7 @@ def test_doctor_on_a_healthy_database(db_url, plans) -> None:
     output = succeeds(doctor(db_url))
     assert "FIX" not in output
     assert "ok   database: reachable" in output
-    assert "ok   plans without stripe_price_id: none" in output
+    assert "ok   plans with neither a Stripe price nor a product: none" in output
     assert "ok   failed events: 0" in output
     assert output.splitlines()[-1] == "all good"
 
@@ -486,16 +486,16 @@ def test_doctor_names_each_problem_and_what_to_do(
         assert lines[index + 1].startswith("     -> "), result.output
         return lines[index + 1]
 
-    assert "Legacy" in next(line for line in lines if line.startswith("FIX  plans without"))
-    assert "stripe_price_id" in advice_for("plans without stripe_price_id")
+    assert "Legacy" in next(line for line in lines if line.startswith("FIX  plans with neither"))
+    assert "stripe_product_id" in advice_for("plans with neither a Stripe price nor a product")
     assert "FIX  failed events: 1" in lines
     assert "replay --failed" in advice_for("failed events")
     assert "FIX  live subscriptions whose prices match no plan: 1" in lines
     assert "reconcile" in advice_for("live subscriptions whose prices match no plan")
     assert "3 thing(s) to fix" in result.output
 
-    # Each fix, done as advised, clears its line.
-    conn.execute("update public.plans set stripe_price_id = 'price_legacy' where name = 'Legacy'")
+    # Each fix, done as advised, clears its line; a product id is enough for a plan.
+    conn.execute("update public.plans set stripe_product_id = 'prod_legacy' where name = 'Legacy'")
     conn.execute(TEAM_PLAN)
     succeeds(run(db_url, "replay", "--failed"))
     assert "all good" in succeeds(doctor(db_url))

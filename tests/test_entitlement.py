@@ -1,24 +1,28 @@
-"""The entitlement rule: statuses and prices in, plan out."""
+"""The entitlement rule: statuses and prices (or their products) in, plan out."""
 
 from dataclasses import dataclass
 from decimal import Decimal
 
 import pytest
 
-from webhook.entitlement import PlanPrice, entitled_plan
+from webhook.entitlement import PlanCatalog, PlanPrice, entitled_plan
 
-PLANS = {
-    "price_basic": PlanPrice(1, Decimal("9.99")),
-    "price_pro": PlanPrice(2, Decimal("19.99")),
-    "price_pro_yearly": PlanPrice(4, Decimal("19.99")),
-    "price_ent": PlanPrice(3, Decimal("49.99")),
-}
+PLANS = PlanCatalog(
+    {
+        "price_basic": PlanPrice(1, Decimal("9.99")),
+        "price_pro": PlanPrice(2, Decimal("19.99")),
+        "price_pro_yearly": PlanPrice(4, Decimal("19.99")),
+        "price_ent": PlanPrice(3, Decimal("49.99")),
+    },
+    {"prod_pro": PlanPrice(2, Decimal("19.99")), "prod_team": PlanPrice(5, Decimal("99"))},
+)
 
 
 @dataclass(frozen=True)
 class Sub:
     status: str
     price_ids: tuple[str, ...]
+    product_ids: tuple[str | None, ...] = ()
 
 
 @pytest.mark.parametrize("status", ["active", "trialing", "past_due"])
@@ -82,3 +86,38 @@ def test_statuses_are_configurable() -> None:
     subs = [Sub("past_due", ("price_pro",))]
     assert entitled_plan(subs, PLANS, entitled_statuses={"active"}).plan_id is None
     assert entitled_plan([Sub("unpaid", ("price_pro",))], PLANS, {"active", "unpaid"}).plan_id == 2
+
+
+def test_a_price_with_no_plan_of_its_own_grants_its_products_plan() -> None:
+    monthly = entitled_plan([Sub("active", ("price_team_m",), ("prod_team",))], PLANS)
+    yearly_usd = entitled_plan([Sub("active", ("price_team_y_usd",), ("prod_team",))], PLANS)
+    assert monthly.plan_id == yearly_usd.plan_id == 5
+
+
+def test_the_exact_price_wins_over_the_product() -> None:
+    # price_basic belongs to prod_pro here, but the Basic plan names that very price.
+    assert entitled_plan([Sub("active", ("price_basic",), ("prod_pro",))], PLANS).plan_id == 1
+
+
+def test_a_price_of_an_unknown_product_is_unknown() -> None:
+    result = entitled_plan([Sub("active", ("price_x",), ("prod_x",))], PLANS)
+    assert not result.decided
+    assert result.unknown_prices == ("price_x",)
+
+
+def test_states_mirrored_without_products_still_match_by_price() -> None:
+    # Rows written before products were kept have fewer product ids than prices.
+    assert entitled_plan([Sub("active", ("price_seats", "price_pro"), ())], PLANS).plan_id == 2
+
+
+def test_the_catalog_prefers_the_price_id_over_a_legacy_plan_id() -> None:
+    catalog = PlanCatalog.from_plans(
+        [
+            (7, Decimal("5"), None, "gold", None),  # a legacy Stripe plan id
+            (8, Decimal("6"), "gold", None, None),  # the same id as a price id
+            (9, Decimal("7"), None, "silver", "prod_silver"),
+        ]
+    )
+    assert catalog.plan_for("gold", None) == PlanPrice(8, Decimal("6"))
+    assert catalog.plan_for("silver", None) == PlanPrice(9, Decimal("7"))
+    assert catalog.plan_for("price_other", "prod_silver") == PlanPrice(9, Decimal("7"))

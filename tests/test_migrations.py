@@ -394,7 +394,7 @@ def test_links_made_before_005_survive_it_dated_by_their_event(empty_db_url, sch
             " linked_by_event) values ('cus_linked', %s, 'evt_link'), ('cus_other', %s, null)",
             (user, user),
         )
-        assert [m.version for m in migrations.migrate(db)] == ["004", "005"]
+        assert [m.version for m in migrations.migrate(db)][:2] == ["004", "005"]
         rows = db.execute(
             "select stripe_customer_id, customer_uuid, event_created = '2026-01-02 03:04:05+00',"
             " event_created = linked_at, deleted_at from webhook_private.customer_links order by 1"
@@ -417,3 +417,28 @@ def test_005_changes_nothing_on_a_table_that_already_has_its_shape(conn) -> None
     ).fetchall()
     assert after == before
     assert ("deleted_at", "YES", None) in after
+
+
+def later_than(schema_copy: Path, version: str) -> None:
+    """Remove the migrations after `version` from a schema copy."""
+    for migration in migrations.discover(schema_copy):
+        if migration.version > version:
+            migration.path.unlink()
+
+
+def test_006_gives_plans_that_named_a_product_in_stripe_plan_id_that_product(
+    empty_db_url, schema_copy
+) -> None:
+    """Plans set up as README used to say (a product id in stripe_plan_id) keep working."""
+    later_than(schema_copy, "005")
+    with psycopg.connect(empty_db_url, autocommit=True) as db:
+        migrations.migrate(db, schema_copy)
+        db.execute(
+            "insert into public.plans (name, price, stripe_price_id, stripe_plan_id)"
+            " values ('Pro', 19.99, 'price_pro', 'prod_pro'), ('Gold', 30, null, 'gold_monthly')"
+        )
+        migrations.migrate(db)
+        rows = db.execute(
+            "select name, stripe_plan_id, stripe_product_id from public.plans order by name"
+        ).fetchall()
+    assert rows == [("Gold", "gold_monthly", None), ("Pro", "prod_pro", "prod_pro")]

@@ -8,7 +8,7 @@ from webhook.stripe_objects import SubscriptionState
 
 def state(status: str, period_end: int = 2000) -> SubscriptionState:
     return SubscriptionState(
-        "sub_1", "cus_1", status, ("price_pro",), period_end, False, None, None, {}
+        "sub_1", "cus_1", status, ("price_pro",), ("prod_pro",), period_end, False, None, None, {}
     )
 
 

@@ -43,7 +43,9 @@ STATUSES = [
     "incomplete",
     "paused",
 ]
-PRICES = ["price_basic", "price_pro", "price_enterprise", "price_team", "price_seats"]
+# price_pro_yearly has no plan of its own: it grants Pro through its product.
+PRICES = ["price_basic", "price_pro", "price_pro_yearly", "price_enterprise", "price_team",
+          "price_seats"]  # fmt: skip
 SUBSCRIPTION_TYPES = [
     "customer.subscription.updated",
     "customer.subscription.updated",
@@ -73,6 +75,7 @@ def history(seed: int, *, team_last: bool = False) -> list[Delivery]:
     """
     rng = random.Random(seed)
     factory = EventFactory(API_VERSIONS[seed % 2], seed=seed)
+    factory.known_price("price_pro_yearly", product="prod_pro")
     start = factory.clock
     deliveries = [
         factory.checkout_completed(
@@ -133,10 +136,10 @@ def prepare(conn: psycopg.Connection, deliveries: list[Delivery], *, backlog: bo
     """
     conn.execute(
         """
-        insert into public.plans (name, price, resources, stripe_price_id)
-        values ('Basic', 9.99, '{"api_calls": 1000}', 'price_basic'),
-               ('Pro', 19.99, '{"api_calls": 5000}', 'price_pro'),
-               ('Enterprise', 49.99, '{"api_calls": 20000}', 'price_enterprise')
+        insert into public.plans (name, price, resources, stripe_price_id, stripe_product_id)
+        values ('Basic', 9.99, '{"api_calls": 1000}', 'price_basic', null),
+               ('Pro', 19.99, '{"api_calls": 5000}', 'price_pro', 'prod_pro'),
+               ('Enterprise', 49.99, '{"api_calls": 20000}', 'price_enterprise', null)
         """
     )
     for user in USERS:
@@ -173,7 +176,8 @@ def owned_rows(conn: psycopg.Connection) -> dict[str, Any]:
     query = {
         "customers": "select uuid, plan_id, stripe_customer_id, plan_resources,"
         " remaining_resources from public.customer order by uuid",
-        "subscriptions": "select id, stripe_customer_id, status, price_ids, current_period_end,"
+        "subscriptions": "select id, stripe_customer_id, status, price_ids, product_ids,"
+        " current_period_end,"
         " cancel_at_period_end, cancel_at, ended_at, metadata, order_key, event_id"
         " from webhook_private.subscriptions order by id",
         "links": "select stripe_customer_id, customer_uuid, event_created, linked_by_event,"

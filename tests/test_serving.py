@@ -253,6 +253,31 @@ def test_trigger_lifecycle_against_a_running_server(
     assert stored == 7
 
 
+def test_trigger_sends_a_price_that_only_its_product_maps_to_a_plan(
+    conn, plans, make_user, served, tmp_path
+) -> None:
+    _, port = served
+    customer = make_user()
+    result = cli(
+        "trigger",
+        "lifecycle",
+        "--url",
+        f"http://{HOST}:{port}/webhook",
+        "--customer",
+        str(customer),
+        "--price",
+        "price_pro_yearly",
+        "--product",
+        "prod_pro",
+        cwd=tmp_path,
+        env=base_env(STRIPE_WEBHOOK_SECRET=SECRET),
+    )
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    assert plan_name(conn, customer) == "Pro"
+    products = conn.execute("select product_ids from webhook_private.subscriptions").fetchall()
+    assert products == [(["prod_pro"],)]
+
+
 def test_trigger_against_a_closed_port(tmp_path) -> None:
     url = f"http://{HOST}:{closed_port()}/webhook"
     result = cli(

@@ -118,7 +118,7 @@ def outcome_rows(conn: psycopg.Connection) -> dict[str, Any]:
             " from public.customer order by uuid"
         ).fetchall(),
         "subscriptions": conn.execute(
-            "select id, stripe_customer_id, status, price_ids, current_period_end,"
+            "select id, stripe_customer_id, status, price_ids, product_ids, current_period_end,"
             " cancel_at_period_end, cancel_at, ended_at, metadata, order_key, event_id"
             " from webhook_private.subscriptions order by id"
         ).fetchall(),

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from webhook.entitlement import Entitlement, PlanPrice, entitled_plan
+from webhook.entitlement import Entitlement, PlanCatalog, entitled_plan
 from webhook.errors import ProjectError
 from webhook.stripe_objects import timestamp
 
@@ -29,6 +29,7 @@ class MirroredSubscription:
     id: str
     status: str
     price_ids: tuple[str, ...]
+    product_ids: tuple[str | None, ...]
 
 
 def lock_stripe_customer(conn: psycopg.Connection, stripe_customer_id: str) -> None:
@@ -137,30 +138,36 @@ def _show_latest_link(conn: psycopg.Connection, customer: uuid.UUID) -> None:
     )
 
 
-Grants = dict[uuid.UUID, tuple[list[MirroredSubscription], dict[str, PlanPrice]]]
+Grants = dict[uuid.UUID, list[MirroredSubscription]]
+
+# Every plan a Stripe price or product can name; the table is small, so it is read whole.
+CATALOG_QUERY = """
+select id, price, stripe_price_id, stripe_plan_id, stripe_product_id from public.plans
+ where coalesce(stripe_price_id, stripe_plan_id, stripe_product_id) is not null
+"""
+
+
+def read_catalog(conn: psycopg.Connection) -> PlanCatalog:
+    """The plans that Stripe prices and products map to."""
+    return PlanCatalog.from_plans(conn.execute(CATALOG_QUERY).fetchall())
 
 
 def read_grants(conn: psycopg.Connection, customers: list[uuid.UUID]) -> Grants:
-    """Each customer's mirrored subscriptions and the plans their prices map to (one query)."""
+    """Each customer's mirrored subscriptions, through their live links (one query)."""
     rows = conn.execute(
         """
-        select l.customer_uuid, s.id, s.status, s.price_ids, p.stripe_price_id, p.id, p.price
+        select l.customer_uuid, s.id, s.status, s.price_ids, s.product_ids
           from webhook_private.customer_links l
           join webhook_private.subscriptions s on s.stripe_customer_id = l.stripe_customer_id
-          left join public.plans p on p.stripe_price_id = any(s.price_ids)
          where l.customer_uuid = any(%s)
         """,
         (customers,),
     ).fetchall()
-    seen: dict[uuid.UUID, dict[str, MirroredSubscription]] = {}
     grants: Grants = {}
-    for owner, sub_id, status, prices, price_id, plan_id, price in rows:
-        subs, plans = grants.setdefault(owner, ([], {}))
-        if sub_id not in seen.setdefault(owner, {}):
-            seen[owner][sub_id] = MirroredSubscription(sub_id, status, tuple(prices))
-            subs.append(seen[owner][sub_id])
-        if price_id is not None:
-            plans[price_id] = PlanPrice(plan_id, price)
+    for owner, sub_id, status, prices, products in rows:
+        grants.setdefault(owner, []).append(
+            MirroredSubscription(sub_id, status, tuple(prices), tuple(products))
+        )
     return grants
 
 
@@ -180,12 +187,13 @@ def recompute_plan(
     locked = conn.execute(
         "select plan_id from public.customer where uuid = %s for update", (customer,)
     )
+    catalog = conn.execute(CATALOG_QUERY)
     grants = read_grants(conn, [customer])
     current = locked.fetchone()
     if current is None:
         raise ApplyError(f"no customer with uuid {customer}")
-    subscriptions_list, plans = grants.get(customer, ([], {}))
-    entitlement = entitled_plan(subscriptions_list, plans, entitled_statuses)
+    plans = PlanCatalog.from_plans(catalog.fetchall())
+    entitlement = entitled_plan(grants.get(customer, []), plans, entitled_statuses)
     if not entitlement.decided or entitlement.plan_id == current[0]:
         return entitlement
     conn.execute(

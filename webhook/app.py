@@ -83,6 +83,9 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
 def _register_routes(app: Flask, service: Service) -> None:
     @app.post("/webhook")
     def receive_event() -> tuple[Response, int]:
+        if (request.content_length or 0) > MAX_BODY_BYTES:
+            _discard_body(request.environ)
+            return _error(413, f"body larger than {MAX_BODY_BYTES} bytes")
         payload = request.get_data(cache=False)
         try:
             service.verifier.verify(payload, request.headers.get("Stripe-Signature"))
@@ -156,6 +159,22 @@ def _register_errors(app: Flask) -> None:
     def unexpected(exc: Exception) -> tuple[Response, int]:
         log.exception("unexpected error")
         return _error(500, "internal error")
+
+
+# An oversized body is read and thrown away up to this much, so that the client, still
+# sending, receives the 413 instead of a reset connection; beyond it, the server just closes.
+DISCARD_LIMIT_BYTES = 4 * MAX_BODY_BYTES
+
+
+def _discard_body(environ: Mapping[str, object]) -> None:
+    """Read an oversized body to its end (within DISCARD_LIMIT_BYTES) without keeping it."""
+    stream = environ.get("wsgi.input")
+    remaining = min(int(str(environ.get("CONTENT_LENGTH") or 0)), DISCARD_LIMIT_BYTES)
+    while remaining > 0 and stream is not None:
+        chunk = stream.read(min(remaining, 64 * 1024))  # type: ignore[attr-defined]
+        if not chunk:
+            return
+        remaining -= len(chunk)
 
 
 def _decode_json(payload: str) -> object:

@@ -28,6 +28,24 @@ BASIL_API = "2025-03-31.basil"
 ENDIVE_API = "2026-09-30.endive"
 API_VERSIONS = (OLD_API, ENDIVE_API)  # the two shapes tests parametrize over
 
+# Older renderings of a subscription, oldest first, each with what changed (see
+# README, "Payload vintages"). The factory renders any of them.
+TOP_LEVEL_PLAN_API = "2015-10-16"  # a subscription has one top-level `plan`, no `items`
+ITEMS_WITHOUT_PRODUCT_API = "2017-08-15"  # `items` with a `plan`; plans name no product yet
+PLAN_ITEMS_API = "2019-05-16"  # plans belong to products; items carry no `price` yet
+PRICE_ITEMS_API = "2020-08-27"  # items carry `price` next to the legacy `plan`
+ITEMS_API = "2016-10-19"  # the first version whose subscriptions the factory gives items
+PLANS_WITH_PRODUCTS_API = "2018-02-05"  # plans name their product from this version on
+VINTAGE_API_VERSIONS = (
+    TOP_LEVEL_PLAN_API,
+    ITEMS_WITHOUT_PRODUCT_API,
+    PLAN_ITEMS_API,
+    PRICE_ITEMS_API,
+    OLD_API,
+    BASIL_API,
+    ENDIVE_API,
+)
+
 DAY = 86_400
 MONTH = 30 * DAY
 
@@ -264,6 +282,28 @@ class EventFactory:
             "unit_amount_decimal": None if unit_amount is None else str(unit_amount),
         }
 
+    def plan_object(self, price: dict[str, Any]) -> dict[str, Any]:
+        """The legacy Plan that Stripe shows beside (or, in old versions, instead of) a price.
+
+        Before 2018-02-05 a plan named no product and carried its own `name`.
+        """
+        plan = _plan_from_price(price)
+        if not self._since(PLANS_WITH_PRODUCTS_API):
+            del plan["product"]
+            plan["name"] = price["product"].removeprefix("prod_").replace("_", " ").title()
+            plan["statement_descriptor"] = None
+        return plan
+
+    def known_price(self, price_id: str, *, product: str, unit_amount: int = 1999) -> None:
+        """Tell the factory a price's product, as if a price event had announced it."""
+        self._prices.setdefault(price_id, {"created": self._catalog_created}).update(
+            {"product": product, "unit_amount": unit_amount, "currency": "eur", "active": True}
+        )
+
+    def _since(self, api_version: str) -> bool:
+        """Whether this factory's version is `api_version` or later."""
+        return _version_date(self.api_version) >= _version_date(api_version)
+
     def _sub_state(self, sub_id: str, created: int, anchor: int) -> _SubState:
         state = self._subs.get(sub_id)
         if state is None:
@@ -300,17 +340,10 @@ class EventFactory:
             if self.basil:
                 item["current_period_end"] = period_end
                 item["current_period_start"] = period_start
-            item.update(
-                {
-                    "discounts": [],
-                    "metadata": {},
-                    "plan": _plan_from_price(price),
-                    "price": price,
-                    "quantity": 1,
-                    "subscription": sub_id,
-                    "tax_rates": [],
-                }
-            )
+            item.update({"discounts": [], "metadata": {}, "plan": self.plan_object(price)})
+            if self._since(PRICE_ITEMS_API):
+                item["price"] = price
+            item.update({"quantity": 1, "subscription": sub_id, "tax_rates": []})
             data.append(item)
         return {
             "object": "list",
@@ -520,13 +553,6 @@ class EventFactory:
                 "discounts": [],
                 "ended_at": now if deleted else None,
                 "invoice_settings": {"account_tax_ids": None, "issuer": {"type": "self"}},
-                "items": self.items_list(
-                    sub_id=sub_id,
-                    price_ids=price_ids,
-                    period_start=start,
-                    period_end=end,
-                    created=created,
-                ),
                 "latest_invoice": state.latest_invoice,
                 "livemode": False,
                 "metadata": dict(metadata or {}),
@@ -551,6 +577,15 @@ class EventFactory:
                 "trial_start": None,
             }
         )
+        items = self.items_list(
+            sub_id=sub_id, price_ids=price_ids, period_start=start, period_end=end, created=created
+        )
+        if self._since(ITEMS_API):
+            sub["items"] = items
+        if not self._since(PRICE_ITEMS_API) and len(price_ids) == 1:
+            # Single-plan subscriptions also showed their plan and quantity at the top.
+            sub["plan"] = items["data"][0]["plan"]
+            sub["quantity"] = 1
         return self.envelope(type, sub, previous_attributes=previous_attributes, created=created)
 
     def invoice(
@@ -790,8 +825,9 @@ class EventFactory:
             }
         else:
             line["invoice_item"] = None
-            line["plan"] = _plan_from_price(price)
-            line["price"] = price
+            line["plan"] = self.plan_object(price)
+            if self._since(PRICE_ITEMS_API):
+                line["price"] = price
             line["proration"] = False
             line["proration_details"] = {"credited_items": None}
         line["quantity"] = 1

@@ -7,7 +7,7 @@ Customers with no Stripe link are left alone: their plan was set by hand.
 """
 
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import psycopg
@@ -27,13 +27,32 @@ class ReconcileReport:
     undecided: list[tuple[uuid.UUID, tuple[str, ...]]] = field(default_factory=list)
 
 
-def linked_customers(conn: psycopg.Connection) -> list[uuid.UUID]:
-    """Every customer with at least one Stripe customer linked."""
-    rows = conn.execute(
-        "select distinct customer_uuid from webhook_private.customer_links"
-        " where customer_uuid is not null order by 1"
-    ).fetchall()
-    return [row[0] for row in rows]
+def count_linked_customers(conn: psycopg.Connection) -> int:
+    """How many customers have at least one Stripe customer linked."""
+    row = conn.execute(
+        "select count(distinct customer_uuid) from webhook_private.customer_links"
+        " where customer_uuid is not null"
+    ).fetchone()
+    return row[0] if row else 0
+
+
+def linked_customer_batches(
+    conn: psycopg.Connection, batch_size: int = BATCH_SIZE
+) -> Iterator[list[uuid.UUID]]:
+    """Every linked customer, in uuid order, a batch at a time (keyset paging, so memory
+    stays flat however many customers there are)."""
+    after: uuid.UUID | None = None
+    while True:
+        rows = conn.execute(
+            "select distinct customer_uuid from webhook_private.customer_links"
+            " where customer_uuid is not null and (%s::uuid is null or customer_uuid > %s)"
+            " order by 1 limit %s",
+            (after, after, batch_size),
+        ).fetchall()
+        if not rows:
+            return
+        yield [row[0] for row in rows]
+        after = rows[-1][0]
 
 
 def reconcile(
@@ -43,36 +62,40 @@ def reconcile(
     dry_run: bool = False,
     progress: Callable[[int, int], None] = lambda _done, _total: None,
     batch_size: int = BATCH_SIZE,
+    source: str = "reconcile",
 ) -> ReconcileReport:
     """Recompute each linked customer's plan; `conn` must be in autocommit mode.
 
     Customers are taken a batch at a time: lock their rows (in uuid order, as the webhook
     does), read what their subscriptions grant in one query, and write the changed plans
-    in one statement. The triggers still fire per changed row.
+    in one statement. The triggers still fire per changed row, and their audit rows name
+    `source`. A caller that is already in a transaction gets a savepoint per batch.
     """
     statuses = frozenset(entitled_statuses)
     report = ReconcileReport()
-    customers = linked_customers(conn)
-    for start in range(0, len(customers), batch_size):
-        batch = customers[start : start + batch_size]
+    total = count_linked_customers(conn)
+    for batch in linked_customer_batches(conn, batch_size):
         with conn.transaction(force_rollback=dry_run):
-            _reconcile_batch(conn, batch, statuses, report, write=not dry_run)
+            reconcile_customers(conn, batch, statuses, report, write=not dry_run, source=source)
         report.checked += len(batch)
-        progress(report.checked, len(customers))
+        progress(report.checked, max(total, report.checked))
     return report
 
 
-def _reconcile_batch(
+def reconcile_customers(
     conn: psycopg.Connection,
     batch: list[uuid.UUID],
     statuses: frozenset[str],
     report: ReconcileReport,
     *,
     write: bool,
+    source: str,
 ) -> None:
+    """Recompute these customers' plans inside the caller's transaction."""
     # Reconcile can be run again at will: its commits need not wait for the disk.
     conn.execute(
-        "select set_config('synchronous_commit', 'off', true), set_config('webhook.source', 'reconcile', true)"
+        "select set_config('synchronous_commit', 'off', true), set_config('webhook.source', %s, true)",
+        (source,),
     )
     current = dict(
         conn.execute(
@@ -81,12 +104,12 @@ def _reconcile_batch(
         ).fetchall()
     )
     grants = accounts.read_grants(conn, batch)
+    catalog = accounts.read_catalog(conn)
     changed: list[tuple[uuid.UUID, int | None]] = []
     for customer in batch:
         if customer not in current:
             continue
-        subscriptions, plans = grants.get(customer, ([], {}))
-        entitlement = entitled_plan(subscriptions, plans, statuses)
+        entitlement = entitled_plan(grants.get(customer, []), catalog, statuses)
         if not entitlement.decided:
             report.undecided.append((customer, entitlement.unknown_prices))
         elif entitlement.plan_id != current[customer]:

@@ -25,7 +25,6 @@ parse, a subscription whose metadata names a customer (linking has its own rules
 with STRIPE_API_KEY set, a full tie with the stored state (which asks Stripe).
 """
 
-import json
 import logging
 import time
 import uuid
@@ -35,9 +34,10 @@ from typing import Any
 
 import psycopg
 
-from webhook.entitlement import PlanPrice, entitled_plan
+from webhook import accounts, mirror
+from webhook.entitlement import PlanCatalog, entitled_plan
 from webhook.handlers.base import Outcome, unknown_prices_message
-from webhook.handlers.subscriptions import MIRROR_ON_CONFLICT, NEWER_STATE
+from webhook.handlers.subscriptions import readable_state
 from webhook.ordering import is_full_tie, subscription_order_key
 from webhook.processor import ProcessingRules
 from webhook.replay_result import ReplayResult
@@ -47,7 +47,6 @@ from webhook.stripe_objects import (
     SubscriptionState,
     metadata_customer_uuid,
     parse_event,
-    subscription_state,
     timestamp,
 )
 
@@ -75,6 +74,7 @@ class _Mirrored:
     stripe_customer_id: str
     status: str
     price_ids: tuple[str, ...]
+    product_ids: tuple[str | None, ...]
     order_key: tuple[int, ...]
     event_id: str
 
@@ -97,12 +97,12 @@ class _Snapshot:
         plans_now: dict[uuid.UUID, int | None],
         subscriptions: list[_Mirrored],
         owned: list[tuple[str, uuid.UUID]],
-        plans_by_price: dict[str, PlanPrice],
+        catalog: PlanCatalog,
     ) -> None:
         self.owners = owners
         self.plans_now = plans_now
         self.plans_at_start = dict(plans_now)
-        self.plans_by_price = plans_by_price
+        self.catalog = catalog
         self.subscriptions = {sub.id: sub for sub in subscriptions}
         self._owner_of_stripe_customer = dict(owned)
         self._by_owner: dict[uuid.UUID, dict[str, _Mirrored]] = {}
@@ -208,7 +208,7 @@ def _claim(
     candidates: list[_Candidate] = []
     seen: set[str] = set()
     for event_id in event_ids:
-        candidate = _candidate(payloads.get(event_id))
+        candidate = _candidate(payloads.get(event_id), rules)
         if candidate is None or event_id in seen or candidate.event.id != event_id:
             break
         seen.add(event_id)
@@ -216,7 +216,7 @@ def _claim(
     return candidates
 
 
-def _candidate(payload: Any) -> _Candidate | None:
+def _candidate(payload: Any, rules: ProcessingRules) -> _Candidate | None:
     """The event, if it is a subscription event this path can apply."""
     if payload is None:
         return None
@@ -224,7 +224,7 @@ def _candidate(payload: Any) -> _Candidate | None:
         event = parse_event(payload)
         if event.type not in SUBSCRIPTION_TYPES or metadata_customer_uuid(event.object):
             return None
-        state = subscription_state(event.object)
+        state = readable_state(event.object, rules.entitled_statuses)
         for moment in (state.current_period_end, state.cancel_at, state.ended_at):
             timestamp(moment)  # the handler fails on an out-of-range one before anything else
     except PayloadError:
@@ -268,7 +268,8 @@ def _read(conn: psycopg.Connection, candidates: list[_Candidate]) -> _Snapshot:
     ).fetchall()
     rows = conn.execute(
         """
-        select s.id, s.stripe_customer_id, s.status, s.price_ids, s.order_key, s.event_id
+        select s.id, s.stripe_customer_id, s.status, s.price_ids, s.product_ids, s.order_key,
+               s.event_id
           from webhook_private.subscriptions s
          where s.id = any(%s)
             or s.stripe_customer_id = any(%s)
@@ -278,15 +279,12 @@ def _read(conn: psycopg.Connection, candidates: list[_Candidate]) -> _Snapshot:
             sorted({stripe_id for stripe_id, _ in owned} | set(stripe_customers)),
         ),
     ).fetchall()
-    plans = conn.execute(
-        "select stripe_price_id, id, price from public.plans where stripe_price_id is not null"
-    ).fetchall()
     return _Snapshot(
         owners,
         plans_now,
-        [_Mirrored(r[0], r[1], r[2], tuple(r[3]), tuple(r[4]), r[5]) for r in rows],
+        [_Mirrored(r[0], r[1], r[2], tuple(r[3]), tuple(r[4]), tuple(r[5]), r[6]) for r in rows],
         owned,
-        {price_id: PlanPrice(plan_id, price) for price_id, plan_id, price in plans},
+        accounts.read_catalog(conn),
     )
 
 
@@ -308,7 +306,13 @@ def _decide(
         newer = stored is None or (candidate.key, event.id) > (stored.order_key, stored.event_id)
         row = (
             _Mirrored(
-                state.id, state.customer, state.status, state.price_ids, candidate.key, event.id
+                state.id,
+                state.customer,
+                state.status,
+                state.price_ids,
+                state.product_ids,
+                candidate.key,
+                event.id,
             )
             if newer
             else None
@@ -338,7 +342,7 @@ def _outcome(
     if owner not in snapshot.plans_now:  # the handler raises, and its writes roll back
         return Outcome.failed(f"no customer with uuid {owner}"), None, None
     entitlement = entitled_plan(
-        snapshot.owner_subscriptions(owner, row), snapshot.plans_by_price, rules.entitled_statuses
+        snapshot.owner_subscriptions(owner, row), snapshot.catalog, rules.entitled_statuses
     )
     current = snapshot.plans_now[owner]
     if not entitlement.decided:
@@ -351,7 +355,13 @@ def _write(
 ) -> None:
     """Write the net result: mirror rows, changed plans (with their audit source), the inbox."""
     if snapshot.changed:
-        conn.execute(_UPSERT_MIRROR, (json.dumps(_mirror_rows(snapshot)),))
+        mirror.upsert_many(
+            conn,
+            [
+                mirror.row(state, row.order_key, row.event_id)
+                for row, state in snapshot.changed.values()
+            ],
+        )
     for writes in snapshot.plan_writes():
         if writes:
             _write_plans(conn, writes)
@@ -389,46 +399,6 @@ def _write_plans(conn: psycopg.Connection, writes: list[tuple[uuid.UUID, int | N
         (customers, [f"stripe:{event_id}" for _, _, event_id in writes], customers),
     )
 
-
-def _mirror_rows(snapshot: _Snapshot) -> list[dict[str, Any]]:
-    rows = []
-    for row, state in snapshot.changed.values():
-        rows.append(
-            {
-                "id": row.id,
-                "stripe_customer_id": state.customer,
-                "status": state.status,
-                "price_ids": list(state.price_ids),
-                "current_period_end": _iso(state.current_period_end),
-                "cancel_at_period_end": state.cancel_at_period_end,
-                "cancel_at": _iso(state.cancel_at),
-                "ended_at": _iso(state.ended_at),
-                "metadata": dict(state.metadata),
-                "order_key": list(row.order_key),
-                "event_id": row.event_id,
-            }
-        )
-    return rows
-
-
-def _iso(value: int | None) -> str | None:
-    moment = timestamp(value)
-    return moment.isoformat() if moment is not None else None
-
-
-_UPSERT_MIRROR = f"""
-insert into webhook_private.subscriptions as s
-  (id, stripe_customer_id, status, price_ids, current_period_end, cancel_at_period_end,
-   cancel_at, ended_at, metadata, order_key, event_id, updated_at)
-select r.id, r.stripe_customer_id, r.status, r.price_ids, r.current_period_end,
-       r.cancel_at_period_end, r.cancel_at, r.ended_at, r.metadata, r.order_key, r.event_id, now()
-  from jsonb_to_recordset(%s::jsonb) as r(
-         id text, stripe_customer_id text, status text, price_ids text[],
-         current_period_end timestamptz, cancel_at_period_end boolean, cancel_at timestamptz,
-         ended_at timestamptz, metadata jsonb, order_key bigint[], event_id text)
-{MIRROR_ON_CONFLICT}
-  where {NEWER_STATE}
-"""
 
 _RECORD_OUTCOMES = """
 with outcome as (

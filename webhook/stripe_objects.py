@@ -2,9 +2,11 @@
 
 API 2025-03-31.basil moved three things this service reads: a subscription's period to
 its items, an invoice's subscription to `parent.subscription_details`, and an invoice
-line's price to `pricing.price_details.price` (an id, no longer an object). Everything
-else reads the same from 2024 to 2026-09-30.endive. The functions here accept both shapes
-so the handlers never branch on the version; they take plain dicts and do no I/O.
+line's price to `pricing.price_details.price` (an id, no longer an object). Older
+accounts still receive older shapes: subscription items that carry a legacy `plan` and no
+`price` (before the Prices API), and subscriptions with a top-level `plan` (from before
+subscriptions had items). The functions here accept every one of these shapes so the
+handlers never branch on the version; they take plain dicts and do no I/O.
 """
 
 import uuid
@@ -107,7 +109,10 @@ class SubscriptionState:
     id: str
     customer: str
     status: str
+    # The price of each item and that price's product (None when the payload does not say),
+    # in the same order; a product may repeat, a price does not.
     price_ids: tuple[str, ...]
+    product_ids: tuple[str | None, ...]
     current_period_end: int | None
     cancel_at_period_end: bool
     cancel_at: int | None
@@ -122,21 +127,53 @@ def subscription_state(sub: Mapping[str, Any]) -> SubscriptionState:
     if not customer:
         raise PayloadError(f"subscription {sub_id} has no customer")
     status = _required_str(sub, "status", f"subscription {sub_id}")
-    items = list_data(sub.get("items"))
-    price_ids = tuple(
-        dict.fromkeys(pid for item in items if (pid := expandable_id(item.get("price"))))
-    )
+    prices = subscription_prices(sub)
     return SubscriptionState(
         id=sub_id,
         customer=customer,
         status=status,
-        price_ids=price_ids,
+        price_ids=tuple(prices),
+        product_ids=tuple(prices.values()),
         current_period_end=subscription_period_end(sub),
         cancel_at_period_end=bool(sub.get("cancel_at_period_end")),
         cancel_at=_int_or_none(sub.get("cancel_at")),
         ended_at=_int_or_none(sub.get("ended_at")),
         metadata=_metadata(sub),
     )
+
+
+# What a subscription is missing when none of its items names a price, for error messages.
+NO_READABLE_ITEMS = (
+    "no item with a price or a plan (items.data[].price, items.data[].plan, or the"
+    " subscription's own plan in the oldest API versions)"
+)
+
+
+def subscription_prices(sub: Mapping[str, Any]) -> dict[str, str | None]:
+    """Each item's price id and its product id (None if unknown), in item order.
+
+    Items carry `price` since the Prices API (2020) and a legacy `plan` before it (a plan
+    id is also a valid price id, and the plan names its product since 2018-02-05). The
+    oldest subscriptions have no items at all, only a top-level `plan`. An item that names
+    neither is skipped; the caller decides whether a subscription without any is usable.
+    """
+    prices: dict[str, str | None] = {}
+    for item in list_data(sub.get("items")):
+        found = _price_and_product(item.get("price")) or _price_and_product(item.get("plan"))
+        if found and found[0] not in prices:
+            prices[found[0]] = found[1]
+    if not prices and (found := _price_and_product(sub.get("plan"))):
+        prices[found[0]] = found[1]
+    return prices
+
+
+def _price_and_product(value: Any) -> tuple[str, str | None] | None:
+    """(id, product id) of a Price or Plan object, or of a bare price id."""
+    if isinstance(value, str) and value:
+        return value, None
+    if isinstance(value, dict) and isinstance(value.get("id"), str) and value["id"]:
+        return value["id"], expandable_id(value.get("product"))
+    return None
 
 
 def subscription_period_end(sub: Mapping[str, Any]) -> int | None:

@@ -102,7 +102,7 @@ def prepare(url: str, hs: Iterable[History]) -> None:
     with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
         for name, price, resources, price_id, product_id in PLANS:
             conn.execute(
-                "insert into public.plans (name, price, resources, stripe_price_id, stripe_plan_id)"
+                "insert into public.plans (name, price, resources, stripe_price_id, stripe_product_id)"
                 " select %s, %s, %s::jsonb, %s, %s"
                 " where not exists (select 1 from public.plans where stripe_price_id = %s)",
                 (name, price, resources, price_id, product_id, price_id),

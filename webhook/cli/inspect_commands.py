@@ -259,14 +259,17 @@ def _doctor_database(conn: psycopg.Connection, report: Callable[..., None]) -> N
     if changed:
         report(False, f"migrations changed after being applied: {', '.join(changed)}",
                "never edit an applied migration; put the change in a new numbered file")  # fmt: skip
-    unpriced = [
+    unmapped = [
         r[0]
         for r in conn.execute(
-            "select name from public.plans where stripe_price_id is null order by id"
+            "select name from public.plans where coalesce(stripe_price_id, stripe_plan_id,"
+            " stripe_product_id) is null order by id"
         )
     ]
-    report(not unpriced, f"plans without stripe_price_id: {', '.join(unpriced) or 'none'}",
-           "set plans.stripe_price_id to the Stripe price that sells each plan")  # fmt: skip
+    report(not unmapped,
+           f"plans with neither a Stripe price nor a product: {', '.join(unmapped) or 'none'}",
+           "set plans.stripe_price_id (one price) or plans.stripe_product_id (every price of"
+           " a product) to what sells each plan")  # fmt: skip
     failed = conn.execute(
         "select count(*) from webhook_private.events where status = 'failed'"
     ).fetchone()[0]
@@ -276,9 +279,12 @@ def _doctor_database(conn: psycopg.Connection, report: Callable[..., None]) -> N
         """
         select count(*) from webhook_private.subscriptions s
          where s.status in ('active', 'trialing', 'past_due') and cardinality(s.price_ids) > 0
-           and not exists (select from public.plans p where p.stripe_price_id = any(s.price_ids))
+           and not exists (
+             select from public.plans p
+              where p.stripe_price_id = any(s.price_ids) or p.stripe_plan_id = any(s.price_ids)
+                 or p.stripe_product_id = any(s.product_ids))
         """
     ).fetchone()[0]
     report(orphans == 0, f"live subscriptions whose prices match no plan: {orphans}",
-           "add plans for their prices, then run `python -m webhook reconcile`")  # fmt: skip
+           "add plans for their prices or products, then run `python -m webhook reconcile`")  # fmt: skip
     click.echo(f"info auth: {migrations.describe_auth(conn)}")

@@ -42,6 +42,12 @@ SUBSCRIPTION_TYPES = (
 @click.option(
     "--price", default="price_sample_pro", show_default=True, help="Stripe price id of the plan."
 )
+@click.option(
+    "--product",
+    default=None,
+    help="Stripe product of --price, e.g. prod_sample_pro for a price that is not in plans"
+    " but belongs to a plan's product. Default: derived from the price id.",
+)
 @click.option("--status", default=None, help="Subscription status (subscription events).")
 @click.option("--url", default="http://localhost:8000/webhook", show_default=True)
 @click.option(
@@ -51,7 +57,13 @@ SUBSCRIPTION_TYPES = (
     help=f"Payload shape, e.g. {', '.join(API_VERSIONS)}.",
 )
 def trigger(
-    event_type: str, customer_uuid: str, price: str, status: str | None, url: str, api_version: str
+    event_type: str,
+    customer_uuid: str,
+    price: str,
+    product: str | None,
+    status: str | None,
+    url: str,
+    api_version: str,
 ) -> None:
     """Post a signed EVENT_TYPE (or `lifecycle`: sign-up, renewal, cancel) to URL."""
     try:
@@ -61,7 +73,7 @@ def trigger(
             f"{customer_uuid!r} is not a uuid", param_hint="--customer"
         ) from None
     secret = _signing_secret()
-    events = _TriggerEvents(customer, price, api_version)
+    events = _TriggerEvents(customer, price, api_version, product)
     deliveries = (
         events.lifecycle() if event_type == "lifecycle" else [events.single(event_type, status)]
     )
@@ -87,12 +99,16 @@ def _signing_secret() -> str:
 class _TriggerEvents:
     """Events about one customer's subscription, with ids stable across invocations."""
 
-    def __init__(self, customer: uuid.UUID, price: str, api_version: str) -> None:
+    def __init__(
+        self, customer: uuid.UUID, price: str, api_version: str, product: str | None = None
+    ) -> None:
         self.customer = customer
         self.price = price
         self.stripe_customer = f"cus_dev_{customer.hex[:14]}"
         self.subscription = f"sub_dev_{customer.hex[:14]}"
         self.factory = EventFactory(api_version, start=int(time.time()))
+        if product:
+            self.factory.known_price(price, product=product)
 
     def single(self, event_type: str, status: str | None) -> Delivery:
         f = self.factory

@@ -64,6 +64,7 @@ def unknown_prices_message(entitlement: Entitlement) -> str:
     """Why an event failed when a granting subscription's prices have no plan."""
     prices = ", ".join(entitlement.unknown_prices)
     return (
-        f"no plan has stripe_price_id {prices}; the customer's plan was left as it was."
-        " Add the plan, then run `python -m webhook reconcile`"
+        f"no plan has stripe_price_id (or stripe_plan_id) {prices}, nor the stripe_product_id"
+        " of its product; the customer's plan was left as it was. Add the plan, then run"
+        " `python -m webhook reconcile`"
     )

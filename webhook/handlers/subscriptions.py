@@ -5,48 +5,36 @@ checkout event) is kept in the mirror and applied the moment the link arrives.
 """
 
 import json
+from collections.abc import Mapping
+from typing import Any
 
 import psycopg
 
-from webhook import accounts
+from webhook import accounts, mirror
 from webhook.handlers.base import Context, Outcome, recompute_all
 from webhook.ordering import is_full_tie, subscription_order_key
 from webhook.stripe_api import fetch_subscription
 from webhook.stripe_objects import (
+    NO_READABLE_ITEMS,
+    PayloadError,
     SubscriptionState,
     metadata_customer_uuid,
     subscription_state,
     timestamp,
 )
 
-# The conflict clause every write to the mirror shares (this handler's upsert, and batch
-# replay's): a state replaces the stored one only if its order key is greater, with the
-# event id compared byte by byte (as Python compares strings), whatever the collation.
-MIRROR_ON_CONFLICT = """
-on conflict (id) do update
-  set stripe_customer_id = excluded.stripe_customer_id, status = excluded.status,
-      price_ids = excluded.price_ids, current_period_end = excluded.current_period_end,
-      cancel_at_period_end = excluded.cancel_at_period_end,
-      cancel_at = excluded.cancel_at, ended_at = excluded.ended_at,
-      metadata = excluded.metadata, order_key = excluded.order_key,
-      event_id = excluded.event_id, updated_at = now()
-"""
-NEWER_STATE = """(excluded.order_key, excluded.event_id::text collate "C")
-        > (s.order_key, s.event_id::text collate "C")"""
-
 _UPSERT = f"""
-insert into webhook_private.subscriptions as s
-  (id, stripe_customer_id, status, price_ids, current_period_end, cancel_at_period_end,
-   cancel_at, ended_at, metadata, order_key, event_id, updated_at)
-values (%(id)s, %(customer)s, %(status)s, %(prices)s, %(period_end)s, %(cancel_at_period_end)s,
-        %(cancel_at)s, %(ended_at)s, %(metadata)s::jsonb, %(key)s, %(event_id)s, now())
-{MIRROR_ON_CONFLICT}
-  where %(fetched)s or {NEWER_STATE}
+insert into webhook_private.subscriptions as s ({mirror.COLUMNS})
+values (%(id)s, %(customer)s, %(status)s, %(prices)s, %(products)s, %(period_end)s,
+        %(cancel_at_period_end)s, %(cancel_at)s, %(ended_at)s, %(metadata)s::jsonb, %(key)s,
+        %(event_id)s, now())
+{mirror.ON_CONFLICT}
+  where %(fetched)s or {mirror.NEWER_STATE}
 """
 
 
 def handle_subscription(ctx: Context) -> Outcome:
-    state = subscription_state(ctx.event.object)
+    state = readable_state(ctx.event.object, ctx.entitled_statuses)
     accounts.lock_stripe_customer(ctx.conn, state.customer)
     key = subscription_order_key(ctx.event.created, ctx.event.type, state)
     event_id, fetched = ctx.event.id, False
@@ -56,7 +44,8 @@ def handle_subscription(ctx: Context) -> Outcome:
         if current is not None:
             # Stripe's current state beats both tied events; keep the larger event id so a
             # redelivery of either one cannot win the tie afterwards.
-            state, event_id, fetched = subscription_state(current), max(stored[1], event_id), True
+            state = readable_state(current, ctx.entitled_statuses)
+            event_id, fetched = max(stored[1], event_id), True
     _upsert(ctx.conn, state, key, event_id, fetched)
     affected = set()
     if (customer := metadata_customer_uuid(ctx.event.object)) is not None:
@@ -68,6 +57,21 @@ def handle_subscription(ctx: Context) -> Outcome:
     if not affected:
         return Outcome.processed()
     return recompute_all(ctx, affected)
+
+
+def readable_state(subscription: Mapping[str, Any], entitled: frozenset[str]) -> SubscriptionState:
+    """The subscription's state, refused when it would grant but names no price at all.
+
+    Such a state cannot be applied: keeping it would take the plan of a paying customer
+    away (or grant nothing to a new one) because of a payload this service cannot read.
+    A state that grants nothing anyway (canceled, unpaid, ...) needs no price and is kept.
+    """
+    state = subscription_state(subscription)
+    if not state.price_ids and state.status in entitled:
+        raise PayloadError(
+            f"subscription {state.id} ({state.status}) has {NO_READABLE_ITEMS}; nothing was applied"
+        )
+    return state
 
 
 def _stored_key(conn: psycopg.Connection, subscription_id: str) -> tuple[list[int], str] | None:
@@ -88,6 +92,7 @@ def _upsert(
             "customer": state.customer,
             "status": state.status,
             "prices": list(state.price_ids),
+            "products": list(state.product_ids),
             "period_end": timestamp(state.current_period_end),
             "cancel_at_period_end": state.cancel_at_period_end,
             "cancel_at": timestamp(state.cancel_at),
