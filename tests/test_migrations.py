@@ -10,7 +10,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from webhook import migrations
+from webhook import application_links, migrations
+from webhook.config import DEFAULT_ENTITLED_STATUSES
 from webhook.errors import MigrationError
 from webhook.sqlfile import split_statements
 
@@ -379,8 +380,7 @@ def test_the_inbox_keeps_payloads_out_of_its_rows(conn) -> None:
 
 def test_links_made_before_005_survive_it_dated_by_their_event(empty_db_url, schema_copy) -> None:
     """A database migrated up to 003 keeps its links; 005 dates them from the linking event."""
-    for later in ("004_revoke_identity_sequences.sql", "005_order_safe_customer_links.sql"):
-        (schema_copy / later).unlink()
+    later_than(schema_copy, "003")
     user = uuid.uuid4()
     with psycopg.connect(empty_db_url, autocommit=True) as db:
         migrations.migrate(db, schema_copy)
@@ -442,3 +442,24 @@ def test_006_gives_plans_that_named_a_product_in_stripe_plan_id_that_product(
             "select name, stripe_plan_id, stripe_product_id from public.plans order by name"
         ).fetchall()
     assert rows == [("Gold", "gold_monthly", None), ("Pro", "prod_pro", "prod_pro")]
+
+
+def test_007_requests_the_links_the_application_wrote_before_it(empty_db_url, schema_copy) -> None:
+    later_than(schema_copy, "006")
+    user = uuid.uuid4()
+    with psycopg.connect(empty_db_url, autocommit=True) as db:
+        migrations.migrate(db, schema_copy)
+        db.execute("insert into auth.users (id, email) values (%s, 'a@example.test')", (user,))
+        db.execute(
+            "update public.customer set stripe_customer_id = 'cus_early' where uuid = %s", (user,)
+        )
+        migrations.migrate(db)
+        pending = db.execute(
+            "select customer_uuid, stripe_customer_id, status from webhook_private.link_requests"
+        ).fetchall()
+        assert pending == [(user, "cus_early", "pending")]
+        assert application_links.apply_pending(db, DEFAULT_ENTITLED_STATUSES) == 1
+        linked = db.execute(
+            "select stripe_customer_id, customer_uuid from webhook_private.customer_links"
+        ).fetchall()
+        assert linked == [("cus_early", user)]

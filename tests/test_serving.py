@@ -278,6 +278,31 @@ def test_trigger_sends_a_price_that_only_its_product_maps_to_a_plan(
     assert products == [(["prod_pro"],)]
 
 
+def test_a_running_server_applies_the_applications_link_within_a_second(
+    conn, plans, make_user, served
+) -> None:
+    """No event after the write: the worker's background work applies the link request."""
+    _, port = served
+    customer = make_user()
+    created = EventFactory(ENDIVE_API, start=int(time.time())).subscription(
+        "customer.subscription.created",
+        sub_id="sub_app",
+        customer="cus_app",
+        status="active",
+        price_ids=["price_pro"],
+    )
+    status, _ = http_request(port, "POST", "/webhook", created.body, created.headers(SECRET))
+    assert status == 200
+    assert plan_name(conn, customer) is None
+    written = time.monotonic()
+    conn.execute(
+        "update public.customer set stripe_customer_id = 'cus_app' where uuid = %s", (customer,)
+    )
+    while plan_name(conn, customer) is None and time.monotonic() - written < 10:
+        time.sleep(0.05)
+    assert plan_name(conn, customer) == "Pro"
+
+
 def test_trigger_against_a_closed_port(tmp_path) -> None:
     url = f"http://{HOST}:{closed_port()}/webhook"
     result = cli(

@@ -10,6 +10,7 @@ Rows of two customers (moving a link) are locked in uuid order, so no deadlock.
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 
 import psycopg
 
@@ -54,23 +55,27 @@ def link(
     stripe_customer_id: str,
     customer: uuid.UUID,
     event_id: str,
-    event_created: int,
+    event_created: int | datetime,
 ) -> set[uuid.UUID]:
     """Make `customer` own `stripe_customer_id`; return the customers whose plan may change.
 
-    The newest event (by Stripe's `created`) decides who owns a Stripe customer, whatever
-    the order the events are applied in; a deleted Stripe customer is never linked again.
+    The newest fact (an event by Stripe's `created`, the application's write by the moment
+    it was made) decides who owns a Stripe customer, whatever the order they are applied
+    in; a Stripe customer unlinked after `event_created` stays unlinked, and a deleted one
+    is never linked again. `event_id` names what made the link (an event id, or
+    `application`).
     """
     existing = conn.execute(
         "select customer_uuid, event_created, deleted_at from webhook_private.customer_links"
         " where stripe_customer_id = %s for update",
         (stripe_customer_id,),
     ).fetchone()
-    created = timestamp(event_created)
+    created = _moment(event_created)
     if existing is not None and existing[2] is not None:
         return set()  # the Stripe customer was deleted; nothing can link it any more
     if existing is not None and existing[0] != customer and existing[1] > created:
-        return {existing[0]}  # an older event cannot take the link from its newer owner
+        # An older fact cannot take the link from its newer owner, or undo a newer unlink.
+        return {existing[0]} if existing[0] is not None else set()
     previous = existing[0] if existing is not None else None
     affected = {customer} | ({previous} if previous else set())
     found = conn.execute(
@@ -94,9 +99,35 @@ def link(
         (stripe_customer_id, customer, created, event_id),
     )
     if previous is not None and previous != customer:
-        _show_latest_link(conn, previous)  # first: stripe_customer_id is unique
-    _show_latest_link(conn, customer)
+        show_latest_link(conn, previous)  # first: stripe_customer_id is unique
+    show_latest_link(conn, customer)
     return affected
+
+
+def release(
+    conn: psycopg.Connection,
+    stripe_customer_id: str,
+    customer: uuid.UUID,
+    as_of: datetime,
+    reason: str,
+) -> bool:
+    """Unlink `stripe_customer_id` from `customer` as of a moment, if nothing newer linked it.
+
+    Unlike a deletion this is not for good: a fact newer than `as_of` may link it again.
+    Returns whether the link was released. The caller shows the customer's links afterwards.
+    """
+    row = conn.execute(
+        """
+        update webhook_private.customer_links
+           set customer_uuid = null, event_created = %(as_of)s, linked_by_event = %(reason)s,
+               linked_at = now()
+         where stripe_customer_id = %(id)s and customer_uuid = %(customer)s
+           and event_created <= %(as_of)s
+        returning 1
+        """,
+        {"id": stripe_customer_id, "customer": customer, "as_of": as_of, "reason": reason},
+    ).fetchone()
+    return row is not None
 
 
 def unlink(
@@ -119,12 +150,17 @@ def unlink(
         (stripe_customer_id, created, created),
     )
     if previous is not None:
-        _show_latest_link(conn, previous)
+        show_latest_link(conn, previous)
     return previous
 
 
-def _show_latest_link(conn: psycopg.Connection, customer: uuid.UUID) -> None:
-    """customer.stripe_customer_id shows its newest live Stripe customer (by event), or null."""
+def show_latest_link(conn: psycopg.Connection, customer: uuid.UUID) -> None:
+    """customer.stripe_customer_id shows its newest live Stripe customer (by event), or null.
+
+    This write is the service's own, not the application's: `webhook.writing_links` tells
+    the column's trigger (migration 007) not to turn it into a link request.
+    """
+    conn.execute("select set_config('webhook.writing_links', 'on', true)")
     conn.execute(
         """
         update public.customer c
@@ -136,6 +172,15 @@ def _show_latest_link(conn: psycopg.Connection, customer: uuid.UUID) -> None:
         """,
         {"c": customer},
     )
+
+
+def _moment(value: int | datetime) -> datetime:
+    """A Stripe `created` second or an exact moment, as a timestamptz parameter."""
+    if isinstance(value, datetime):
+        return value
+    moment = timestamp(value)
+    assert moment is not None
+    return moment
 
 
 Grants = dict[uuid.UUID, list[MirroredSubscription]]

@@ -18,6 +18,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from webhook import metrics, migrations
+from webhook.background import BackgroundWork
 from webhook.config import Settings, load_settings, use_prepared_statements
 from webhook.db import resolve_database_url
 from webhook.errors import DatabaseUnavailable
@@ -42,6 +43,8 @@ class Service:
     verifier: SignatureVerifier
     database: Database
     rules: ProcessingRules
+    # Started by the gunicorn config in each worker (see gunicorn_config.post_worker_init).
+    background: BackgroundWork
 
 
 def create_app(config: Mapping[str, str] | None = None) -> Flask:
@@ -69,6 +72,9 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
             stripe_api_base=settings.stripe_api_base,
             lock_timeout_ms=settings.lock_timeout_ms,
             statement_timeout_ms=settings.statement_timeout_ms,
+        ),
+        background=BackgroundWork(
+            database, settings.entitled_statuses, lock_timeout_ms=settings.lock_timeout_ms
         ),
     )
     app = Flask(__name__)

@@ -39,6 +39,21 @@ def on_starting(server) -> None:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = _made_metrics_dir
 
 
+def post_worker_init(worker) -> None:
+    """Start the worker's background work (the application's link requests) once the app
+    is loaded in the worker, after the fork."""
+    service = getattr(worker.wsgi, "extensions", {}).get("webhook")
+    if service is not None:
+        service.background.start()
+
+
+def worker_exit(server, worker) -> None:
+    """Let the background work finish the request in hand before the worker exits."""
+    service = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("webhook")
+    if service is not None:
+        service.background.stop()
+
+
 def child_exit(server, worker) -> None:
     """Drop a dead worker's live gauges (its counters stay in the totals)."""
     from prometheus_client import multiprocess

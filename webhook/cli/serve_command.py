@@ -41,6 +41,8 @@ class _Gunicorn(BaseApplication):
         self.cfg.set("accesslog", gunicorn_config.accesslog)
         self.cfg.set("access_log_format", gunicorn_config.access_log_format)
         self.cfg.set("child_exit", gunicorn_config.child_exit)
+        self.cfg.set("post_worker_init", gunicorn_config.post_worker_init)
+        self.cfg.set("worker_exit", gunicorn_config.worker_exit)
         self.cfg.set("on_starting", gunicorn_config.on_starting)
         self.cfg.set("on_exit", gunicorn_config.on_exit)
         for key, value in self.options.items():
