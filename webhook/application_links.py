@@ -18,7 +18,7 @@ are the events' own (advisory per Stripe customer in sorted order, then customer
 
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -58,8 +58,13 @@ def apply_pending(
     *,
     limit: int = 1000,
     lock_timeout_ms: int = 5000,
+    source: str = LINKED_BY,
+    on_change: Callable[[tuple[uuid.UUID, int | None, int | None]], None] = lambda _change: None,
 ) -> int:
     """Apply up to `limit` pending requests; return how many were settled.
+
+    Audit rows of the plan changes name `source`: the application, or the sync run that
+    applied the request.
 
     `conn` must be in autocommit mode. A request that cannot be applied for a data reason
     is kept as failed with its error and never blocks the ones after it; a lost connection
@@ -68,19 +73,25 @@ def apply_pending(
     statuses = frozenset(entitled_statuses)
     settled = 0
     while settled < limit:
-        if not _apply_next(conn, statuses, lock_timeout_ms):
+        if not _apply_next(conn, statuses, lock_timeout_ms, source, on_change):
             break
         settled += 1
     return settled
 
 
-def _apply_next(conn: psycopg.Connection, statuses: frozenset[str], lock_timeout_ms: int) -> bool:
+def _apply_next(
+    conn: psycopg.Connection,
+    statuses: frozenset[str],
+    lock_timeout_ms: int,
+    source: str,
+    on_change: Callable[[tuple[uuid.UUID, int | None, int | None]], None],
+) -> bool:
     """Claim and apply the oldest unclaimed request; False when there is none."""
     with conn.transaction():
         row = conn.execute(
             """
             select id, customer_uuid, previous_stripe_customer_id, stripe_customer_id,
-                   requested_at, set_config('webhook.source', 'application', true),
+                   requested_at, set_config('webhook.source', %s, true),
                    set_config('lock_timeout', %s, true)
               from webhook_private.link_requests
              where status = 'pending'
@@ -88,14 +99,15 @@ def _apply_next(conn: psycopg.Connection, statuses: frozenset[str], lock_timeout
              limit 1
                for update skip locked
             """,
-            (f"{lock_timeout_ms}ms",),
+            (source, f"{lock_timeout_ms}ms"),
         ).fetchone()
         if row is None:
             return False
         request = LinkRequest(*row[:5])
+        changes: list[tuple[uuid.UUID, int | None, int | None]] = []
         try:
             with conn.transaction():
-                apply(conn, request, statuses)
+                changes = apply(conn, request, statuses)
             status, error = "applied", None
         except psycopg.OperationalError:
             raise  # connection lost, lock timeout: the request stays pending
@@ -107,11 +119,15 @@ def _apply_next(conn: psycopg.Connection, statuses: frozenset[str], lock_timeout
             " where id = %s",
             (status, error, request.id),
         )
+    for change in changes:
+        on_change(change)
     return True
 
 
-def apply(conn: psycopg.Connection, request: LinkRequest, statuses: frozenset[str]) -> None:
-    """Apply one request inside the caller's transaction."""
+def apply(
+    conn: psycopg.Connection, request: LinkRequest, statuses: frozenset[str]
+) -> list[tuple[uuid.UUID, int | None, int | None]]:
+    """Apply one request inside the caller's transaction; return the plan changes it made."""
     customer, moment = request.customer, request.requested_at
     if request.stripe_customer_id is None:
         released = _live_links(conn, customer)
@@ -130,8 +146,22 @@ def apply(conn: psycopg.Connection, request: LinkRequest, statuses: frozenset[st
     owners = [customer, *sorted(affected - {customer})]
     for owner in owners:
         accounts.show_latest_link(conn, owner)
+    before = _plans(conn, affected)
     for owner in sorted(affected):
         accounts.recompute_plan(conn, owner, statuses)
+    after = _plans(conn, affected)
+    return [
+        (owner, before[owner], after[owner])
+        for owner in sorted(affected)
+        if before[owner] != after[owner]
+    ]
+
+
+def _plans(conn: psycopg.Connection, customers: set[uuid.UUID]) -> dict[uuid.UUID, int | None]:
+    rows = conn.execute(
+        "select uuid, plan_id from public.customer where uuid = any(%s)", (sorted(customers),)
+    ).fetchall()
+    return {**dict.fromkeys(customers), **dict(rows)}
 
 
 def _live_links(conn: psycopg.Connection, customer: uuid.UUID) -> list[str]:

@@ -37,6 +37,10 @@ class Settings:
     tolerance_seconds: int = 300
     stripe_api_key: str | None = field(default=None, repr=False)
     stripe_api_base: str | None = None
+    # Requests per second `sync` allows itself; None: by the key's mode (see stripe_client).
+    stripe_api_rate: float | None = None
+    # How often `sync` retries a request Stripe refused for now (429, 5xx) or dropped.
+    stripe_api_max_retries: int = 7
     entitled_statuses: frozenset[str] = frozenset(DEFAULT_ENTITLED_STATUSES)
     pool_min_size: int = 1
     pool_max_size: int = 4
@@ -81,6 +85,8 @@ def load_settings(
         tolerance_seconds=_int(env, "STRIPE_WEBHOOK_TOLERANCE", 300, minimum=1),
         stripe_api_key=env.get("STRIPE_API_KEY", "").strip() or None,
         stripe_api_base=env.get("STRIPE_API_BASE", "").strip() or None,
+        stripe_api_rate=_optional_rate(env),
+        stripe_api_max_retries=_int(env, "STRIPE_API_MAX_RETRIES", 7, minimum=0),
         entitled_statuses=_statuses(env),
         pool_min_size=pool_min,
         pool_max_size=pool_max,
@@ -137,6 +143,25 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     if value <= 0:
         raise ConfigError(f"{name} must be positive, got {raw}")
     return value
+
+
+def _optional_rate(env: Mapping[str, str]) -> float | None:
+    raw = env.get("STRIPE_API_RATE", "").strip()
+    if not raw:
+        return None
+    try:
+        rate = float(raw)
+    except ValueError:
+        raise ConfigError(
+            f"STRIPE_API_RATE must be a number of requests per second, got {raw!r}"
+        ) from None
+    if not rate > 0:
+        raise ConfigError(f"STRIPE_API_RATE must be positive, got {raw}")
+    if rate > 100:
+        raise ConfigError(
+            f"STRIPE_API_RATE must be at most 100 (Stripe's live-mode limit per second), got {raw}"
+        )
+    return rate
 
 
 def prepared_statements_setting(env: Mapping[str, str]) -> bool | None:

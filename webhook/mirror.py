@@ -30,18 +30,37 @@ on conflict (id) do update
 NEWER_STATE = """(excluded.order_key, excluded.event_id::text collate "C")
         > (s.order_key, s.event_id::text collate "C")"""
 
-# Many states in one statement, from a JSON array of row objects (see row()).
-_UPSERT_MANY = f"""
-insert into webhook_private.subscriptions as s ({COLUMNS})
+_RECORDS = """
 select r.id, r.stripe_customer_id, r.status, r.price_ids, r.product_ids, r.current_period_end,
        r.cancel_at_period_end, r.cancel_at, r.ended_at, r.metadata, r.order_key, r.event_id, now()
   from jsonb_to_recordset(%s::jsonb) as r(
          id text, stripe_customer_id text, status text, price_ids text[], product_ids text[],
          current_period_end timestamptz, cancel_at_period_end boolean, cancel_at timestamptz,
          ended_at timestamptz, metadata jsonb, order_key bigint[], event_id text)
+"""
+
+# Many states in one statement, from a JSON array of row objects (see row()).
+_UPSERT_MANY = f"""
+insert into webhook_private.subscriptions as s ({COLUMNS})
+{_RECORDS}
 {ON_CONFLICT}
   where {NEWER_STATE}
 returning s.id
+"""
+
+# A dry run collects states in a temporary table of the mirror's shape, and merges them
+# into the mirror at its end, inside the transaction it then rolls back.
+_STAGING = "pg_temp.staged_subscriptions"
+_CREATE_STAGING = """
+create temporary table if not exists staged_subscriptions
+  (like webhook_private.subscriptions including defaults including indexes) on commit drop
+"""
+_STAGE = f"insert into {_STAGING} ({COLUMNS}) {_RECORDS} on conflict (id) do nothing"
+_MERGE_STAGED = f"""
+insert into webhook_private.subscriptions as s ({COLUMNS})
+select {COLUMNS} from {_STAGING}
+{ON_CONFLICT}
+  where {NEWER_STATE}
 """
 
 
@@ -72,6 +91,19 @@ def upsert_many(conn: psycopg.Connection, rows: Sequence[dict[str, Any]]) -> set
         return set()
     written = conn.execute(_UPSERT_MANY, (json.dumps(list(rows)),)).fetchall()
     return {r[0] for r in written}
+
+
+def stage(conn: psycopg.Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """Keep states aside for merge_staged (inside one transaction), writing no mirror row."""
+    conn.execute(_CREATE_STAGING)
+    if rows:
+        conn.execute(_STAGE, (json.dumps(list(rows)),))
+
+
+def merge_staged(conn: psycopg.Connection) -> None:
+    """Write the staged states into the mirror by the usual rule (newer key wins)."""
+    conn.execute(_CREATE_STAGING)
+    conn.execute(_MERGE_STAGED)
 
 
 def _iso(value: int | None) -> str | None:

@@ -14,6 +14,10 @@ the same row, and in the row in-order delivery gives for real lifecycles:
 
 The event id breaks any remaining tie, arbitrarily but the same way every time: byte by
 byte (COLLATE "C" in SQL, as Python compares strings), whatever the database's collation.
+
+A state read from Stripe's API by `sync` is as of the moment it was read: it beats every
+event created in an earlier second and loses to every event created in that second or
+later (fetched_order_key), so a sync never undoes a change it did not see.
 """
 
 from webhook.stripe_objects import SubscriptionState
@@ -53,3 +57,14 @@ def subscription_order_key(
 def is_full_tie(a: list[int], b: list[int]) -> bool:
     """True when two keys cannot say which state is newer (only the event id differs)."""
     return list(a) == list(b)
+
+
+def fetched_order_key(requested_at: int, state: SubscriptionState) -> list[int]:
+    """The sort key of a state fetched from Stripe's API by a request sent at `requested_at`.
+
+    Events created before that second happened before the read, so the fetched state
+    includes them and wins. Events of that second or later may have happened after it, so
+    they win: the rest of the key is below any event's. A terminal state stays terminal,
+    as for events (Stripe never revives one).
+    """
+    return [requested_at, 1 if state.status in TERMINAL_STATUSES else 0, -1, -1, -1]

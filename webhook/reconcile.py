@@ -18,13 +18,29 @@ from webhook.entitlement import entitled_plan
 BATCH_SIZE = 1000
 
 
+Change = tuple[uuid.UUID, int | None, int | None]
+
+
 @dataclass
 class ReconcileReport:
-    """What reconcile found (and, unless dry-run, did)."""
+    """What reconcile found (and, unless dry-run, did).
+
+    With `on_change`, each change is handed over as it is found instead of kept, so that a
+    run over every customer of a large account holds no list of them.
+    """
 
     checked: int = 0
-    changes: list[tuple[uuid.UUID, int | None, int | None]] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
     undecided: list[tuple[uuid.UUID, tuple[str, ...]]] = field(default_factory=list)
+    changed: int = 0
+    on_change: Callable[[Change], None] | None = None
+
+    def record(self, change: Change) -> None:
+        self.changed += 1
+        if self.on_change is None:
+            self.changes.append(change)
+        else:
+            self.on_change(change)
 
 
 def count_linked_customers(conn: psycopg.Connection) -> int:
@@ -63,6 +79,7 @@ def reconcile(
     progress: Callable[[int, int], None] = lambda _done, _total: None,
     batch_size: int = BATCH_SIZE,
     source: str = "reconcile",
+    report: ReconcileReport | None = None,
 ) -> ReconcileReport:
     """Recompute each linked customer's plan; `conn` must be in autocommit mode.
 
@@ -72,7 +89,7 @@ def reconcile(
     `source`. A caller that is already in a transaction gets a savepoint per batch.
     """
     statuses = frozenset(entitled_statuses)
-    report = ReconcileReport()
+    report = report if report is not None else ReconcileReport()
     total = count_linked_customers(conn)
     for batch in linked_customer_batches(conn, batch_size):
         with conn.transaction(force_rollback=dry_run):
@@ -114,7 +131,7 @@ def reconcile_customers(
             report.undecided.append((customer, entitlement.unknown_prices))
         elif entitlement.plan_id != current[customer]:
             changed.append((customer, entitlement.plan_id))
-            report.changes.append((customer, current[customer], entitlement.plan_id))
+            report.record((customer, current[customer], entitlement.plan_id))
     if changed and write:
         conn.execute(
             """

@@ -61,7 +61,12 @@ def check_replayable(conn: psycopg.Connection, event_ids: Iterable[str]) -> dict
 
 
 def replay_event(
-    conn: psycopg.Connection, event_id: str, rules: ProcessingRules, *, dry_run: bool = False
+    conn: psycopg.Connection,
+    event_id: str,
+    rules: ProcessingRules,
+    *,
+    dry_run: bool = False,
+    trigger: str = "replay",
 ) -> ReplayResult:
     """Apply one stored event again; with dry_run, roll everything back afterwards.
 
@@ -74,7 +79,7 @@ def replay_event(
         with conn.pipeline(), conn.transaction(force_rollback=dry_run):
             event = _claim(conn, event_id, rules)
             outcome = run_handler(conn, event, rules)
-            inbox.record(conn, event_id, outcome, "replay", (time.perf_counter() - started) * 1000)
+            inbox.record(conn, event_id, outcome, trigger, (time.perf_counter() - started) * 1000)
             before, after = _plans(conn, outcome.customer)
         return ReplayResult(event_id, event.type, outcome, before, after)
     except Exception as exc:
@@ -83,7 +88,7 @@ def replay_event(
         failure = as_failure(exc, event)  # re-raises what means "retry later"
     with conn.pipeline(), conn.transaction(force_rollback=dry_run):
         _claim(conn, event_id, rules)
-        inbox.record(conn, event_id, failure, "replay", (time.perf_counter() - started) * 1000)
+        inbox.record(conn, event_id, failure, trigger, (time.perf_counter() - started) * 1000)
     return ReplayResult(event_id, event.type, failure, None, None)
 
 
@@ -134,6 +139,7 @@ def iter_replay(
     *,
     dry_run: bool = False,
     progress: Callable[[int, int], None] = lambda _done, _total: None,
+    trigger: str = "replay",
 ) -> Iterator[ReplayResult]:
     """Replay the events in the order given, yielding each result once it is committed.
 
@@ -149,11 +155,18 @@ def iter_replay(
     done = 0
     while done < len(ids):
         run = _subscription_run(ids, types, done)
-        applied = replay_subscription_run(conn, run, rules, dry_run=dry_run) if run else []
+        applied = (
+            replay_subscription_run(conn, run, rules, dry_run=dry_run, trigger=trigger)
+            if run
+            else []
+        )
         if applied is None:  # the database refused part of the batch: find which, one by one
-            applied = [replay_event(conn, event_id, rules, dry_run=dry_run) for event_id in run]
+            applied = [
+                replay_event(conn, event_id, rules, dry_run=dry_run, trigger=trigger)
+                for event_id in run
+            ]
         elif not applied:
-            applied = [replay_event(conn, ids[done], rules, dry_run=dry_run)]
+            applied = [replay_event(conn, ids[done], rules, dry_run=dry_run, trigger=trigger)]
         done += len(applied)
         yield from applied
         progress(done, len(ids))

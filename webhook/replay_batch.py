@@ -155,7 +155,12 @@ class _Snapshot:
 
 
 def replay_subscription_run(
-    conn: psycopg.Connection, event_ids: Sequence[str], rules: ProcessingRules, *, dry_run: bool
+    conn: psycopg.Connection,
+    event_ids: Sequence[str],
+    rules: ProcessingRules,
+    *,
+    dry_run: bool,
+    trigger: str = "replay",
 ) -> list[ReplayResult] | None:
     """Apply the longest prefix of `event_ids` this path covers, in one transaction.
 
@@ -175,7 +180,7 @@ def replay_subscription_run(
             results = _decide(candidates, snapshot, rules)
             if results:
                 elapsed_ms = (time.perf_counter() - started) * 1000
-                _write(conn, snapshot, results, elapsed_ms / len(results))
+                _write(conn, snapshot, results, elapsed_ms / len(results), trigger)
             return results
     except psycopg.OperationalError:
         raise
@@ -351,7 +356,11 @@ def _outcome(
 
 
 def _write(
-    conn: psycopg.Connection, snapshot: _Snapshot, results: list[ReplayResult], ms_each: float
+    conn: psycopg.Connection,
+    snapshot: _Snapshot,
+    results: list[ReplayResult],
+    ms_each: float,
+    trigger: str,
 ) -> None:
     """Write the net result: mirror rows, changed plans (with their audit source), the inbox."""
     if snapshot.changed:
@@ -372,6 +381,7 @@ def _write(
             "statuses": [r.outcome.status for r in results],
             "errors": [r.outcome.error for r in results],
             "ms": round(ms_each, 3),
+            "trigger": trigger,
         },
     )
 
@@ -406,7 +416,7 @@ with outcome as (
            as o(id, status, error)
 ), attempt as (
   insert into webhook_private.event_attempts (event_id, trigger, outcome, error, duration_ms)
-  select o.id, 'replay', o.status, o.error, %(ms)s from outcome o
+  select o.id, %(trigger)s, o.status, o.error, %(ms)s from outcome o
 )
 update webhook_private.events e
    set status = o.status, error = o.error, attempts = e.attempts + 1, processed_at = now()

@@ -47,5 +47,6 @@ from webhook.cli import (  # noqa: E402,F401
     repair_commands,
     schema_commands,
     serve_command,
+    sync_command,
     trigger_command,
 )

@@ -7,8 +7,9 @@ from contextlib import contextmanager
 import click
 import psycopg
 
-from webhook.config import prepared_statements_setting, use_prepared_statements
+from webhook.config import load_settings, prepared_statements_setting, use_prepared_statements
 from webhook.db import connect, resolve_database_url
+from webhook.processor import ProcessingRules
 
 
 def database_url(ctx: click.Context) -> str:
@@ -28,3 +29,15 @@ def database(ctx: click.Context, *, autocommit: bool = False) -> Iterator[psycop
         yield conn
     finally:
         conn.close()
+
+
+def processing_rules() -> ProcessingRules:
+    """The rules the handlers apply, from the environment (no signing secret needed)."""
+    settings = load_settings(require_secret=False)
+    return ProcessingRules(
+        entitled_statuses=settings.entitled_statuses,
+        stripe_api_key=settings.stripe_api_key,
+        stripe_api_base=settings.stripe_api_base,
+        lock_timeout_ms=settings.lock_timeout_ms,
+        statement_timeout_ms=settings.statement_timeout_ms,
+    )

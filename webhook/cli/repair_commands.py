@@ -5,23 +5,10 @@ from collections.abc import Callable
 import click
 
 from webhook.cli import cli
-from webhook.cli.context import database
-from webhook.config import load_settings
-from webhook.processor import ProcessingRules
+from webhook.cli.context import database, processing_rules
 from webhook.reconcile import reconcile as reconcile_plans
 from webhook.replay import failed_event_ids, iter_replay
 from webhook.replay_result import ReplayResult
-
-
-def _rules() -> ProcessingRules:
-    settings = load_settings(require_secret=False)
-    return ProcessingRules(
-        entitled_statuses=settings.entitled_statuses,
-        stripe_api_key=settings.stripe_api_key,
-        stripe_api_base=settings.stripe_api_base,
-        lock_timeout_ms=settings.lock_timeout_ms,
-        statement_timeout_ms=settings.statement_timeout_ms,
-    )
 
 
 def _progress(label: str) -> Callable[[int, int], None]:
@@ -47,7 +34,7 @@ def _progress(label: str) -> Callable[[int, int], None]:
 @click.pass_context
 def reconcile(ctx: click.Context, dry_run: bool) -> None:
     """Recompute every linked customer's plan from the subscription mirror."""
-    rules = _rules()
+    rules = processing_rules()
     with database(ctx, autocommit=True) as conn:
         report = reconcile_plans(
             conn, rules.entitled_statuses, dry_run=dry_run, progress=_progress("reconcile")
@@ -81,20 +68,20 @@ def replay(
         raise click.UsageError("give event ids or --failed (not both)")
     if event_type and not all_failed:
         raise click.UsageError("--type only goes with --failed")
-    rules = _rules()
+    rules = processing_rules()
     replayed = failed = 0
     with database(ctx, autocommit=True) as conn:
         ids = failed_event_ids(conn, event_type) if all_failed else list(event_ids)
         progress = _progress("replay")
         for result in iter_replay(conn, ids, rules, dry_run=dry_run, progress=progress):
-            click.echo(_describe(result))
+            click.echo(describe_result(result))
             replayed += 1
             failed += result.outcome.status == "failed"
     prefix = "dry run, nothing kept: " if dry_run else ""
     click.echo(f"{prefix}replayed {replayed} event(s), {failed} still failing")
 
 
-def _describe(result: ReplayResult) -> str:
+def describe_result(result: ReplayResult) -> str:
     """One line per replayed event: its outcome, and the plan change if there was one."""
     change = (
         f"; plan {result.plan_before} -> {result.plan_after}"
