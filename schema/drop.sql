@@ -10,6 +10,7 @@ drop view if exists public.usage_analytics;
 drop trigger if exists on_auth_user_updated on auth.users;
 drop trigger if exists on_auth_user_created on auth.users;
 drop function if exists public.consume_resources(uuid, text, integer);
+drop schema if exists webhook_definer cascade;
 drop table if exists public.audit_logs;
 drop table if exists public.customer;
 drop table if exists public.plans;

@@ -39,7 +39,8 @@ def column(conn: psycopg.Connection, sql: str, params: tuple = ()) -> list:
 FUNCTIONS_IN_OUR_SCHEMAS = """
     select p.oid::regprocedure::text, p.prosecdef, p.proconfig, p.prorettype = 'trigger'::regtype
     from pg_proc p
-    where p.pronamespace in ('public'::regnamespace, 'webhook_private'::regnamespace)
+    where p.pronamespace in ('public'::regnamespace, 'webhook_private'::regnamespace,
+                             'webhook_definer'::regnamespace)
 """
 
 
@@ -55,7 +56,8 @@ def test_security_definer_functions_have_empty_search_path(catalog_db) -> None:
         "handle_new_user()",
         "handle_user_update()",
         "log_customer_changes()",
-        "consume_resources(uuid,text,integer)",
+        "webhook_definer.consume_resources(uuid,text,integer)",
+        "webhook_private.request_application_link()",
     }
     for name, config in definer.items():
         assert config is not None and 'search_path=""' in config, name
@@ -76,14 +78,68 @@ def test_no_function_is_executable_by_the_api_roles_except_consume_resources(cat
                exists (select from aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
                        where a.grantee = 0)
         from pg_proc p
-        where p.pronamespace in ('public'::regnamespace, 'webhook_private'::regnamespace)
+        where p.pronamespace in ('public'::regnamespace, 'webhook_private'::regnamespace,
+                                 'webhook_definer'::regnamespace)
         """
     ).fetchall()
     assert len(rows) >= 6
     by_name = {name: (anon, auth, service, public) for name, anon, auth, service, public in rows}
     assert by_name.pop("consume_resources(uuid,text,integer)") == (False, True, True, False)
+    assert by_name.pop("webhook_definer.consume_resources(uuid,text,integer)") == (
+        False,
+        True,
+        True,
+        False,
+    )
     for name, (anon, auth, _service, public) in by_name.items():
         assert (anon, auth, public) == (False, False, False), name
+
+
+# Supabase's linter, lints 0028 and 0029: a SECURITY DEFINER function that anon or
+# authenticated may execute, in a schema PostgREST exposes (pgrst.db_schemas).
+SPLINTER_DEFINER_EXECUTABLE = """
+select n.nspname || '.' || p.proname
+  from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+ where p.prosecdef
+   and pg_catalog.has_function_privilege(%s, p.oid, 'EXECUTE')
+   and n.nspname = any(array(select trim(unnest(string_to_array(
+         current_setting('pgrst.db_schemas', 't'), ',')))))
+"""
+
+
+@pytest.mark.parametrize("role", ["anon", "authenticated"])
+def test_supabases_linter_finds_no_executable_definer_function(conn, role) -> None:
+    with conn.transaction(force_rollback=True):
+        # Supabase's default exposed schemas.
+        conn.execute("select set_config('pgrst.db_schemas', 'public, graphql_public', true)")
+        assert conn.execute(SPLINTER_DEFINER_EXECUTABLE, (role,)).fetchall() == []
+        # The lint would see the definer function if its schema were exposed: it is the one
+        # schema not to expose.
+        conn.execute("select set_config('pgrst.db_schemas', 'public, webhook_definer', true)")
+        found = conn.execute(SPLINTER_DEFINER_EXECUTABLE, (role,)).fetchall()
+        assert found == (
+            [("webhook_definer.consume_resources",)] if role == "authenticated" else []
+        )
+
+
+def test_public_consume_resources_is_an_invoker_wrapper(catalog_db) -> None:
+    row = catalog_db.execute(
+        "select p.prosecdef, l.lanname from pg_proc p join pg_language l on l.oid = p.prolang"
+        " where p.oid = 'public.consume_resources(uuid,text,integer)'::regprocedure"
+    ).fetchone()
+    assert row == (False, "sql")
+
+
+def test_the_definer_schema_holds_nothing_else(catalog_db) -> None:
+    objects = catalog_db.execute(
+        "select count(*) from pg_class where relnamespace = 'webhook_definer'::regnamespace"
+    ).fetchone()[0]
+    functions = catalog_db.execute(
+        "select p.oid::regprocedure::text from pg_proc p"
+        " where p.pronamespace = 'webhook_definer'::regnamespace"
+    ).fetchall()
+    assert objects == 0
+    assert functions == [("webhook_definer.consume_resources(uuid,text,integer)",)]
 
 
 def test_authenticated_cannot_call_trigger_functions_directly(as_role, conn, make_user) -> None:
