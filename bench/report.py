@@ -8,6 +8,7 @@ TARGETS = {
     "scale_ratio": 0.9,
     "rss_drift": 0.10,
     "operator_rate": 5000.0,
+    "sync_ratio": 0.9,
 }
 
 
@@ -55,6 +56,7 @@ def write_markdown(results: dict, path: Path) -> None:
         f" {_mark(ops['reconcile_rate'] >= TARGETS['operator_rate'])} |",
         f"| replay --failed ≥ 5 000 rows/s over {ops['rows']:,} rows | {ops['replay_rate']:.0f} rows/s |"
         f" {_mark(ops['replay_rate'] >= TARGETS['operator_rate'])} |",
+        *_sync_rows(results.get("sync")),
         "",
         "## Throughput and latency by concurrency",
         "",
@@ -79,6 +81,20 @@ def write_markdown(results: dict, path: Path) -> None:
         "",
     ]
     path.write_text("\n".join(lines))
+
+
+def _sync_rows(sync: dict | None) -> list[str]:
+    if not sync:
+        return []
+    return [
+        f"| sync ≥ 0.9 x what Stripe's limit allows ({sync['rate_limit']:g} requests/s x 100 rows"
+        f" = {sync['allowed_rate']:,.0f}/s) over {sync['subscriptions']:,} subscriptions |"
+        f" {sync['import_rate']:,.0f}/s = {sync['ratio']:.2f} ({sync['rate_limited']} of"
+        f" {sync['requests']} requests rate-limited; whole run incl. recomputing"
+        f" {sync['plans_changed']:,} changed plans: {sync['seconds']:.1f} s;"
+        f" sync RSS {sync['rss_warm_mb']:.0f} MiB after warm-up, {sync['rss_end_mb']:.0f} at the end)"
+        f" | {_mark(sync['ratio'] >= TARGETS['sync_ratio'])} |",
+    ]
 
 
 def write_chart(results: dict, path: Path) -> None:

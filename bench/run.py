@@ -8,6 +8,7 @@ Phases, each on a freshly seeded database:
    peak moves with data.
 3. Memory: worker RSS sampled across a long run (200 000 events by default).
 4. Operator commands: `reconcile` and `replay --failed` over 100 000 rows each.
+5. `sync` of 100 000 subscriptions from the Stripe stand-in at Stripe's rate limit.
 Results go to bench/results/ as results.md, results.json and chart.png.
 """
 
@@ -28,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import measure, report  # noqa: E402
 from bench.operators import measure_operators  # noqa: E402
+from bench.sync_phase import measure_sync  # noqa: E402
 from bench.workload import Mix, deliveries, seed, write_wrk_files  # noqa: E402
 from webhook import migrations  # noqa: E402
 
@@ -68,6 +70,8 @@ def main() -> None:
     results["memory"] = _memory_phase(small, postmaster_pid, plan, args, best)
     ops = _fresh_database(admin_url, "webhook_bench_ops", plan.operator_rows, 0)
     results["operators"] = measure_operators(ops, plan.operator_rows)
+    synced = _fresh_database(admin_url, "webhook_bench_sync", plan.sync_subscriptions, 0)
+    results["sync"] = measure_sync(synced, plan.sync_subscriptions, WORK)
     results["seconds"] = round(time.monotonic() - started)
 
     (RESULTS / "results.json").write_text(json.dumps(results, indent=2))
@@ -85,12 +89,14 @@ class Plan:
     @classmethod
     def full(cls) -> "Plan":
         return cls(sweep=(1, 2, 4, 8, 16), seconds=12, small_customers=1_000, large_customers=1_000_000,
-                   old_events=1_000_000, memory_events=200_000, operator_rows=100_000)  # fmt: skip
+                   old_events=1_000_000, memory_events=200_000, operator_rows=100_000,
+                   sync_subscriptions=100_000)  # fmt: skip
 
     @classmethod
     def quick(cls) -> "Plan":
         return cls(sweep=(1, 4, 8), seconds=4, small_customers=1_000, large_customers=20_000,
-                   old_events=20_000, memory_events=6_000, operator_rows=2_000)  # fmt: skip
+                   old_events=20_000, memory_events=6_000, operator_rows=2_000,
+                   sync_subscriptions=5_000)  # fmt: skip
 
 
 def asdict(plan: Plan) -> dict:

@@ -59,13 +59,14 @@ class _Collection:
 
     keys: list[tuple[int, str]] = field(default_factory=list)  # (-created, reversed id)
     encoded: dict[str, bytes] = field(default_factory=dict)
+    # Only the fields the filters read: a 100,000-subscription account stays small.
     objects: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def add(self, obj: Mapping[str, Any]) -> None:
         object_id = obj["id"]
         if object_id in self.objects:
             self.keys.remove(self._key(self.objects[object_id]))
-        self.objects[object_id] = dict(obj)
+        self.objects[object_id] = {k: obj.get(k) for k in ("id", "created", "status", "type")}
         self.encoded[object_id] = json.dumps(obj, separators=(",", ":")).encode()
         bisect.insort(self.keys, self._key(obj))
 

@@ -10,10 +10,12 @@ import uuid
 
 import psycopg
 import pytest
+from click.testing import CliRunner
 from stripe_events import API_VERSIONS, Delivery, EventFactory
 from webhook_support import audit_rows, customer_state
 
 from webhook import application_links
+from webhook.cli import cli
 from webhook.config import DEFAULT_ENTITLED_STATUSES
 
 STATUSES = frozenset(DEFAULT_ENTITLED_STATUSES)
@@ -284,3 +286,23 @@ def test_two_processes_apply_each_request_once(db_url, conn, plans, make_user, s
     ).fetchone()[0]
     assert audit == len(users)
     assert all(customer_state(conn, u)["plan_id"] == plans["Pro"] for u in users)
+
+
+def test_doctor_reports_links_that_wait_or_failed(db_url, conn, plans, make_user) -> None:
+    waiting, refused = make_user(), make_user()
+    app_writes(conn, waiting, "cus_waiting")
+    app_writes(conn, refused, "cus_refused")
+    conn.execute(
+        "update webhook_private.link_requests set requested_at = now() - interval '5 minutes'"
+        " where stripe_customer_id = 'cus_waiting'"
+    )
+    conn.execute(
+        "update webhook_private.link_requests set status = 'failed', error = 'x'"
+        " where stripe_customer_id = 'cus_refused'"
+    )
+    result = CliRunner().invoke(
+        cli, ["--database-url", db_url, "doctor"], env={"STRIPE_WEBHOOK_SECRET": "whsec_x"}
+    )
+    assert result.exit_code == 1, result.output
+    assert "FIX  application links waiting for over a minute: 1" in result.output
+    assert "FIX  application links that could not be applied: 1" in result.output

@@ -30,7 +30,7 @@ from webhook.handlers import HANDLERS
 from webhook.processor import ProcessingRules
 from webhook.replay import iter_replay
 from webhook.replay_result import ReplayResult
-from webhook.stripe_client import Page, StripeAPI
+from webhook.stripe_client import Page, StripeAPI, read_ahead
 from webhook.stripe_objects import Event, PayloadError, parse_event, timestamp
 
 # How long Stripe keeps events (GET /v1/events goes back this far).
@@ -98,7 +98,7 @@ def catch_up(
     try:
         if run.phase == EVENTS:
             assert run.since is not None
-            for page in api.list_pages("/v1/events", _filters(run.since), run.cursor):
+            for page in read_ahead(api.list_pages("/v1/events", _filters(run.since), run.cursor)):
                 with conn.transaction():
                     _store_missing(conn, run, page)
                 progress(EVENTS, run.counts.get("events_listed", 0))

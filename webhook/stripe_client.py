@@ -23,9 +23,11 @@ import logging
 import random
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from queue import Full, Queue
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -72,7 +74,12 @@ class Page:
 
 
 class Throttle:
-    """At most `rate` request starts per second, evenly spaced."""
+    """Request starts at least 1/rate seconds apart, measured from the actual starts.
+
+    Spacing from the actual start, not from a schedule, means a late request is never
+    followed by a quick one to catch up: Stripe counts requests in sliding windows, and a
+    catch-up burst is what would cross its limit.
+    """
 
     def __init__(
         self,
@@ -87,16 +94,55 @@ class Throttle:
 
     def wait(self) -> float:
         """Sleep until the next request may start; return how long that was."""
-        now = self._clock()
-        delay = max(0.0, self._next - now)
+        delay = max(0.0, self._next - self._clock())
         if delay:
             self._sleep(delay)
-        self._next = max(now, self._next) + self.interval
+        self._next = self._clock() + self.interval
         return delay
 
     def hold(self, seconds: float) -> None:
         """Start nothing for `seconds` from now (after a 429)."""
         self._next = max(self._next, self._clock() + seconds)
+
+
+def read_ahead(pages: Iterator[Page], depth: int = 2) -> Iterator[Page]:
+    """The same pages, fetched by a thread up to `depth` pages ahead of the consumer.
+
+    Writing a page to the database and fetching the next one then overlap, so a sync runs
+    at the pace of the slower of the two (at Stripe's rate limit, the fetching) instead of
+    their sum. An error while fetching reaches the consumer at the page it would have been.
+    """
+    queue: Queue[Page | BaseException | None] = Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def fetch() -> None:
+        try:
+            for page in pages:
+                while not stop.is_set():
+                    try:
+                        queue.put(page, timeout=0.1)
+                        break
+                    except Full:
+                        continue
+                if stop.is_set():
+                    return
+            queue.put(None)
+        except BaseException as exc:  # handed to the consumer, raised there
+            queue.put(exc)
+
+    thread = threading.Thread(target=fetch, name="stripe-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = queue.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=REQUEST_TIMEOUT_SECONDS)
 
 
 def default_rate(api_key: str) -> float:

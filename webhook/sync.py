@@ -33,7 +33,7 @@ from webhook import accounts, application_links, mirror, sync_runs
 from webhook.accounts import ApplyError
 from webhook.ordering import fetched_order_key
 from webhook.reconcile import Change, ReconcileReport, reconcile
-from webhook.stripe_client import Page, StripeAPI
+from webhook.stripe_client import Page, StripeAPI, read_ahead
 from webhook.stripe_objects import (
     PayloadError,
     SubscriptionState,
@@ -115,7 +115,8 @@ def _run_phases(
     report.counts = run.counts
     if run.phase == SUBSCRIPTIONS:
         started = clock()
-        for page in api.list_pages("/v1/subscriptions", [("status", "all")], run.cursor):
+        pages = api.list_pages("/v1/subscriptions", [("status", "all")], run.cursor)
+        for page in read_ahead(pages):
             with conn.transaction():
                 _write_subscriptions(conn, run, page, statuses, dry_run=dry_run)
             progress(SUBSCRIPTIONS, run.counts.get("subscriptions_read", 0))
@@ -126,7 +127,7 @@ def _run_phases(
     if run.phase == CUSTOMERS:
         started = clock()
         if _unlinked(conn)[0]:
-            for page in api.list_pages("/v1/customers", [], run.cursor):
+            for page in read_ahead(api.list_pages("/v1/customers", [], run.cursor)):
                 with conn.transaction():
                     _write_customers(conn, run, page, dry_run=dry_run)
                 progress(CUSTOMERS, run.counts.get("customers_read", 0))

@@ -275,6 +275,15 @@ def _doctor_database(conn: psycopg.Connection, report: Callable[..., None]) -> N
     ).fetchone()[0]
     report(failed == 0, f"failed events: {failed}",
            "see `python -m webhook events --status failed`, fix the cause, then `python -m webhook replay --failed`")  # fmt: skip
+    stuck, refused = conn.execute(
+        "select count(*) filter (where status = 'pending' and requested_at < now() - interval '1 minute'),"
+        " count(*) filter (where status = 'failed') from webhook_private.link_requests"
+    ).fetchone()
+    report(stuck == 0, f"application links waiting for over a minute: {stuck}",
+           "they are applied by the web workers: is the web process running? (or run"
+           " `python -m webhook sync`, which applies them too)")  # fmt: skip
+    report(refused == 0, f"application links that could not be applied: {refused}",
+           "see webhook_private.link_requests where status = 'failed' for the reason")  # fmt: skip
     orphans = conn.execute(
         """
         select count(*) from webhook_private.subscriptions s
