@@ -82,7 +82,7 @@ def measure_sync(url: str, customers: int, work: Path) -> dict:
     changed = int(_find(r"plans changed: (\d+)", output))
     allowed = RATE_LIMIT * PAGE
     samples = rss.samples or [0.0]
-    warm = samples[len(samples) // 10]  # past start-up: imports loaded, first pages in
+    warm = samples[len(samples) // 4]  # past start-up: imports loaded, pages flowing
     result = {
         "subscriptions": read,
         "rate_limit": RATE_LIMIT,

@@ -224,23 +224,27 @@ def test_serve_with_a_database_url_is_ready_and_stops_on_ctrl_c(served, tmp_path
     assert "Traceback" not in server.output()
 
 
-def test_trigger_lifecycle_against_a_running_server(
-    conn, plans, make_user, served, tmp_path
-) -> None:
-    _, port = served
-    customer = make_user()
-    result = cli(
+def trigger_lifecycle(port: int, customer: uuid.UUID, tmp_path: Path, *options: str):
+    """`trigger lifecycle` for `customer` against the server on `port`."""
+    return cli(
         "trigger",
         "lifecycle",
         "--url",
         f"http://{HOST}:{port}/webhook",
         "--customer",
         str(customer),
-        "--price",
-        "price_pro",
+        *options,
         cwd=tmp_path,
         env=base_env(STRIPE_WEBHOOK_SECRET=SECRET),
     )
+
+
+def test_trigger_lifecycle_against_a_running_server(
+    conn, plans, make_user, served, tmp_path
+) -> None:
+    _, port = served
+    customer = make_user()
+    result = trigger_lifecycle(port, customer, tmp_path, "--price", "price_pro")
     assert result.returncode == 0, (result.stdout, result.stderr)
     lines = result.stdout.splitlines()
     assert len(lines) == 7, result.stdout
@@ -258,19 +262,8 @@ def test_trigger_sends_a_price_that_only_its_product_maps_to_a_plan(
 ) -> None:
     _, port = served
     customer = make_user()
-    result = cli(
-        "trigger",
-        "lifecycle",
-        "--url",
-        f"http://{HOST}:{port}/webhook",
-        "--customer",
-        str(customer),
-        "--price",
-        "price_pro_yearly",
-        "--product",
-        "prod_pro",
-        cwd=tmp_path,
-        env=base_env(STRIPE_WEBHOOK_SECRET=SECRET),
+    result = trigger_lifecycle(
+        port, customer, tmp_path, "--price", "price_pro_yearly", "--product", "prod_pro"
     )
     assert result.returncode == 0, (result.stdout, result.stderr)
     assert plan_name(conn, customer) == "Pro"

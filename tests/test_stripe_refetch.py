@@ -1,56 +1,17 @@
 """A tie the events cannot break is settled by asking Stripe (STRIPE_API_KEY set).
 
-Stripe's API is played by a small HTTP server on 127.0.0.1 that serves the subscription
-as Stripe would; the stripe library reaches it through STRIPE_API_BASE.
+Stripe's API is played by the stand-in (tests/stripe_standin.py), which serves the
+subscription as Stripe would; the stripe library reaches it through STRIPE_API_BASE.
 """
-
-import json
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from stripe_events import EventFactory
+from stripe_standin import API_KEY, StripeStandIn
 from webhook_support import StripeSender, build_app
 
 
-class FakeStripe:
-    """Answers GET /v1/subscriptions/<id> with whatever `subscriptions` holds."""
-
-    def __init__(self) -> None:
-        self.subscriptions: dict[str, dict] = {}
-        self.requests: list[str] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                fake.requests.append(self.path)
-                sub_id = self.path.rsplit("/", 1)[-1].split("?")[0]
-                found = fake.subscriptions.get(sub_id)
-                body = json.dumps(found or {"error": {"type": "invalid_request_error"}}).encode()
-                self.send_response(200 if found else 404)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *_args: object) -> None:
-                return
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def fake_stripe() -> Iterator[FakeStripe]:
-    fake = FakeStripe()
-    yield fake
-    fake.close()
+def asked(standin: StripeStandIn) -> list[str]:
+    return [entry.path for entry in standin.answered()]
 
 
 def tied_pair(factory: EventFactory):
@@ -79,11 +40,11 @@ def mirror(conn) -> tuple:
 
 
 @pytest.mark.parametrize("reverse", [False, True])
-def test_a_full_tie_takes_stripes_current_state(db_url, conn, plans, fake_stripe, reverse) -> None:
+def test_a_full_tie_takes_stripes_current_state(db_url, conn, plans, standin, reverse) -> None:
     factory = EventFactory()
     cancel, keep = tied_pair(factory)
-    fake_stripe.subscriptions["sub_1"] = cancel.event["data"]["object"]
-    app = build_app(db_url, STRIPE_API_KEY="sk_test_fake", STRIPE_API_BASE=fake_stripe.url)
+    standin.add("subscription", [cancel.event["data"]["object"]])
+    app = build_app(db_url, STRIPE_API_KEY=API_KEY, STRIPE_API_BASE=standin.url)
     try:
         order = [keep, cancel] if reverse else [cancel, keep]
         StripeSender(app.test_client()).send_all(order)
@@ -91,7 +52,7 @@ def test_a_full_tie_takes_stripes_current_state(db_url, conn, plans, fake_stripe
     finally:
         app.extensions["webhook"].database.close()
     assert mirror(conn)[0] is True
-    assert fake_stripe.requests == ["/v1/subscriptions/sub_1"]
+    assert asked(standin) == ["/v1/subscriptions/sub_1"]
 
 
 def test_without_an_api_key_the_tie_breaks_the_same_way_in_any_order(db_url, conn, plans) -> None:
@@ -114,14 +75,14 @@ def test_without_an_api_key_the_tie_breaks_the_same_way_in_any_order(db_url, con
     assert len(results) == 1
 
 
-def test_a_failed_lookup_falls_back_to_the_tie_break(db_url, conn, plans, fake_stripe) -> None:
+def test_a_failed_lookup_falls_back_to_the_tie_break(db_url, conn, plans, standin) -> None:
     factory = EventFactory()
     cancel, keep = tied_pair(factory)
-    app = build_app(db_url, STRIPE_API_KEY="sk_test_fake", STRIPE_API_BASE=fake_stripe.url)
+    app = build_app(db_url, STRIPE_API_KEY=API_KEY, STRIPE_API_BASE=standin.url)
     try:
         StripeSender(app.test_client()).send_all([cancel, keep])
     finally:
         app.extensions["webhook"].database.close()
     expected = max([cancel, keep], key=lambda d: d.id)
     assert mirror(conn)[1] == expected.id
-    assert fake_stripe.requests == ["/v1/subscriptions/sub_1"]
+    assert asked(standin) == ["/v1/subscriptions/sub_1"]

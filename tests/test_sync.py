@@ -10,7 +10,6 @@ import itertools
 import socket
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -29,13 +28,6 @@ from webhook.stripe_client import StripeAPI, StripeAPIError
 from webhook.sync import sync_subscriptions
 
 STATUSES = frozenset(DEFAULT_ENTITLED_STATUSES)
-
-
-@pytest.fixture
-def standin() -> Iterator[StripeStandIn]:
-    server = StripeStandIn()
-    yield server
-    server.close()
 
 
 @pytest.fixture
@@ -138,14 +130,19 @@ def test_a_sync_grants_the_plans_of_customers_the_application_linked(
     assert f"changed {user}: plan None -> {plans['Pro']}" in output
 
 
-def test_a_sync_repairs_a_missed_cancellation(db_url, conn, plans, user, stripe, standin, factory):
+def subscribed_through_the_webhook(stripe, factory, user, price: str) -> None:
+    """The customer signed up and the webhook heard of it (sub_1 of cus_1 on `price`)."""
     linked_by_checkout(stripe, factory, user, "cus_1")
     stripe.send_all(
         [factory.subscription("customer.subscription.created", sub_id="sub_1", customer="cus_1",
-                              status="active", price_ids=["price_pro"])]
+                              status="active", price_ids=[price])]
     )  # fmt: skip
-    assert customer_state(conn, user)["plan_id"] == plans["Pro"]
     factory.tick(3600)
+
+
+def test_a_sync_repairs_a_missed_cancellation(db_url, conn, plans, user, stripe, standin, factory):
+    subscribed_through_the_webhook(stripe, factory, user, "price_pro")
+    assert customer_state(conn, user)["plan_id"] == plans["Pro"]
     # The customer.subscription.deleted never arrived; Stripe's list hides it by default.
     standin.add("subscription", [sub(factory, "sub_1", "cus_1", "canceled", "price_pro")])
     succeeds(run_sync(db_url, standin))
@@ -154,12 +151,7 @@ def test_a_sync_repairs_a_missed_cancellation(db_url, conn, plans, user, stripe,
 
 
 def test_a_sync_repairs_a_missed_upgrade(db_url, conn, plans, user, stripe, standin, factory):
-    linked_by_checkout(stripe, factory, user, "cus_1")
-    stripe.send_all(
-        [factory.subscription("customer.subscription.created", sub_id="sub_1", customer="cus_1",
-                              status="active", price_ids=["price_basic"])]
-    )  # fmt: skip
-    factory.tick(3600)
+    subscribed_through_the_webhook(stripe, factory, user, "price_basic")
     standin.add("subscription", [sub(factory, "sub_1", "cus_1", "active", "price_enterprise")])
     succeeds(run_sync(db_url, standin))
     assert customer_state(conn, user)["plan_id"] == plans["Enterprise"]

@@ -13,6 +13,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from stripe_events import ENDIVE_API, Delivery, EventFactory
+from stripe_standin import StripeStandIn
 from werkzeug.test import TestResponse
 
 from webhook.app import create_app
@@ -128,3 +129,11 @@ def outcome_rows(conn: psycopg.Connection) -> dict[str, Any]:
         ).fetchall(),
         "inbox": conn.execute("select id, type from webhook_private.events order by id").fetchall(),
     }
+
+
+@pytest.fixture
+def standin() -> Iterator[StripeStandIn]:
+    """A Stripe API stand-in on 127.0.0.1 (tests/stripe_standin.py), closed afterwards."""
+    server = StripeStandIn()
+    yield server
+    server.close()
