@@ -175,3 +175,24 @@ def base_env(**overrides: str | None) -> dict[str, str]:
         else:
             env[key] = value
     return env
+
+
+def wait_until_applied(conn: Any, event_ids: Sequence[str], timeout: float = 15.0) -> None:
+    """Wait (bounded) until a running server's drain has applied these events."""
+    deadline = time.monotonic() + timeout
+    while True:
+        waiting = conn.execute(
+            "select count(*) from webhook_private.events where id = any(%s)"
+            " and status = 'received'",
+            (list(event_ids),),
+        ).fetchone()[0]
+        stored = conn.execute(
+            "select count(*) from webhook_private.events where id = any(%s)", (list(event_ids),)
+        ).fetchone()[0]
+        if waiting == 0 and stored == len(set(event_ids)):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"{waiting} of {len(event_ids)} event(s) still queued after {timeout}s"
+            )
+        time.sleep(0.02)

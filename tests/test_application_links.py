@@ -17,8 +17,11 @@ from webhook_support import audit_rows, customer_state
 from webhook import application_links
 from webhook.cli import cli
 from webhook.config import DEFAULT_ENTITLED_STATUSES
+from webhook.drain import drain_until_empty
+from webhook.processor import ProcessingRules
 
 STATUSES = frozenset(DEFAULT_ENTITLED_STATUSES)
+RULES = ProcessingRules(entitled_statuses=STATUSES)
 
 
 @pytest.fixture(params=API_VERSIONS)
@@ -73,7 +76,9 @@ def test_a_subscription_that_arrives_before_the_request_is_applied(
     conn, plans, user, stripe, factory
 ) -> None:
     app_writes(conn, user, "cus_app")
+    stripe.drain = False  # only the event is applied, not (yet) the link request
     stripe.send_all([subscribed(factory, "cus_app", "price_pro", "sub_1")])
+    drain_until_empty(conn, RULES)
     assert customer_state(conn, user)["plan_id"] is None  # not applied yet
     drain(conn)
     assert customer_state(conn, user)["plan_id"] == plans["Pro"]
@@ -251,9 +256,9 @@ def test_a_request_that_cannot_be_applied_fails_and_the_next_ones_go_on(
           for each row execute function pg_temp.refuse();
         """
     )
+    stripe.send_all([subscribed(factory, "cus_good", "price_pro", "sub_1")])
     app_writes(conn, first, "cus_bad")
     app_writes(conn, second, "cus_good")
-    stripe.send_all([subscribed(factory, "cus_good", "price_pro", "sub_1")])
     assert drain(conn) == 2
     statuses = conn.execute(
         "select stripe_customer_id, status, error from webhook_private.link_requests order by id"

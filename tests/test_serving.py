@@ -25,7 +25,15 @@ from pathlib import Path
 import psutil
 import psycopg
 import pytest
-from servers import HOST, ServerProcess, base_env, closed_port, free_port, start
+from servers import (
+    HOST,
+    ServerProcess,
+    base_env,
+    closed_port,
+    free_port,
+    start,
+    wait_until_applied,
+)
 from servers import request as http_request
 from stripe_events import ENDIVE_API, Delivery, EventFactory
 from webhook_support import SECRET, customer_state, event_status
@@ -154,15 +162,16 @@ def test_the_procfile_web_line_serves_and_stops_gracefully(
     request.addfinalizer(server.stop)
 
     assert server.wait_for(port, "/healthz", timeout=STARTUP_TIMEOUT_SECONDS) == {"status": "ok"}
-    assert server.wait_for(port, "/readyz", timeout=STARTUP_TIMEOUT_SECONDS) == {"status": "ready"}
+    assert server.wait_for(port, "/readyz", timeout=STARTUP_TIMEOUT_SECONDS)["status"] == "ready"
     delivery = EventFactory(ENDIVE_API).checkout_completed(
         customer="cus_procfile", subscription=None, client_reference_id=str(user)
     )
     status, body = post_signed(f"http://{HOST}:{port}/webhook", delivery)
     assert (status, body) == (
         200,
-        {"received": True, "id": delivery.id, "status": "processed", "duplicate": False},
+        {"received": True, "id": delivery.id, "status": "received", "duplicate": False},
     )
+    wait_until_applied(conn, [delivery.id])  # by the worker's drain, with no further request
     assert event_status(conn, delivery.id) == ("processed", None)
     assert customer_state(conn, user)["stripe_customer_id"] == "cus_procfile"
     # A forged signature is refused and nothing is stored.
@@ -214,7 +223,7 @@ def served(db_url, tmp_path, request) -> tuple[ServerProcess, int]:
 
 def test_serve_with_a_database_url_is_ready_and_stops_on_ctrl_c(served, tmp_path) -> None:
     server, port = served
-    assert server.wait_for(port, "/readyz", timeout=STARTUP_TIMEOUT_SECONDS) == {"status": "ready"}
+    assert server.wait_for(port, "/readyz", timeout=STARTUP_TIMEOUT_SECONDS)["status"] == "ready"
     banner = server.output()
     assert f"webhook target: http://localhost:{port}/webhook" in banner
     assert "signing secret" not in banner  # no development secret outside development
@@ -398,9 +407,8 @@ def test_development_mode_end_to_end(project_dir, tmp_path, request) -> None:
     )
     request.addfinalizer(lambda: stop_development_server(server, pgdata))
 
-    assert server.wait_for(port, "/readyz", timeout=FIRST_DEV_START_TIMEOUT_SECONDS) == {
-        "status": "ready"
-    }
+    ready = server.wait_for(port, "/readyz", timeout=FIRST_DEV_START_TIMEOUT_SECONDS)
+    assert ready["status"] == "ready"
     secret = (project_dir / ".dev-secret").read_text().strip()
     assert secret.startswith("whsec_")
     assert (project_dir / ".dev-secret").stat().st_mode & 0o077 == 0

@@ -50,7 +50,7 @@ def test_a_full_tie_takes_stripes_current_state(db_url, conn, plans, standin, re
         StripeSender(app.test_client()).send_all(order)
         StripeSender(app.test_client()).send_all(order)  # redeliveries change nothing
     finally:
-        app.extensions["webhook"].database.close()
+        app.extensions["webhook"].close()
     assert mirror(conn)[0] is True
     assert asked(standin) == ["/v1/subscriptions/sub_1"]
 
@@ -65,7 +65,7 @@ def test_without_an_api_key_the_tie_breaks_the_same_way_in_any_order(db_url, con
         try:
             StripeSender(app.test_client()).send_all([keep, cancel] if reverse else [cancel, keep])
         finally:
-            app.extensions["webhook"].database.close()
+            app.extensions["webhook"].close()
         expected = max([cancel, keep], key=lambda d: d.id)
         assert mirror(conn) == (
             expected.event["data"]["object"]["cancel_at_period_end"],
@@ -82,7 +82,7 @@ def test_a_failed_lookup_falls_back_to_the_tie_break(db_url, conn, plans, standi
     try:
         StripeSender(app.test_client()).send_all([cancel, keep])
     finally:
-        app.extensions["webhook"].database.close()
+        app.extensions["webhook"].close()
     expected = max([cancel, keep], key=lambda d: d.id)
     assert mirror(conn)[1] == expected.id
     assert asked(standin) == ["/v1/subscriptions/sub_1"]

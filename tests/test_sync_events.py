@@ -135,7 +135,7 @@ def test_a_catch_up_ends_where_in_order_delivery_ends(db_url, conn, twin, standi
         stripe = StripeSender(app.test_client())
         stripe.send_all(delivered + delivered[:3])
     finally:
-        app.extensions["webhook"].database.close()
+        app.extensions["webhook"].close()
     attempts_before = conn.execute(
         "select event_id, count(*) from webhook_private.event_attempts group by 1 order by 1"
     ).fetchall()

@@ -26,26 +26,52 @@ def post(client: FlaskClient, body: bytes, signature: str | None) -> tuple[int, 
     return response.status_code, response.get_json()
 
 
-def test_a_handled_event_is_stored_and_acknowledged(
+def test_a_handled_event_is_stored_acknowledged_and_then_applied(
     conn, stripe: StripeSender, factory: EventFactory
 ) -> None:
     delivery = factory.customer("customer.created", customer_id="cus_1")
+    stripe.drain = False
     response = stripe.send(delivery)
     assert response.status_code == 200
     assert response.get_json() == {
         "received": True,
         "id": delivery.id,
-        "status": "ignored",
+        "status": "received",
         "duplicate": False,
     }
+    assert event_status(conn, delivery.id) == ("received", None)
+    stripe.client.application.extensions["webhook"].drain.until_empty()
     assert event_status(conn, delivery.id) == ("ignored", None)
+    again = stripe.send(delivery)
+    assert again.get_json() == {
+        "received": True,
+        "id": delivery.id,
+        "status": "ignored",
+        "duplicate": True,
+    }
+
+
+def test_inline_mode_answers_with_the_outcome(db_url, conn, factory) -> None:
+    app = build_app(db_url, WEBHOOK_APPLY="inline")
+    try:
+        delivery = factory.customer("customer.created", customer_id="cus_1")
+        response = StripeSender(app.test_client(), drain=False).send(delivery)
+        assert response.get_json() == {
+            "received": True,
+            "id": delivery.id,
+            "status": "ignored",
+            "duplicate": False,
+        }
+        assert event_status(conn, delivery.id) == ("ignored", None)
+    finally:
+        app.extensions["webhook"].close()
 
 
 def test_an_unhandled_type_is_acknowledged_and_marked_ignored(conn, stripe, factory) -> None:
     delivery = factory.other("charge.succeeded")
     response = stripe.send(delivery)
     assert response.status_code == 200
-    assert response.get_json()["status"] == "ignored"
+    assert response.get_json()["status"] == "received"
     assert event_status(conn, delivery.id)[0] == "ignored"
 
 
@@ -73,7 +99,7 @@ def test_rotated_secrets_both_verify(db_url: str, conn, factory) -> None:
         assert client.post("/webhook", data=rolled.body, headers=headers).status_code == 200
         assert stored_events(conn) == 3
     finally:
-        app.extensions["webhook"].database.close()
+        app.extensions["webhook"].close()
 
 
 @pytest.mark.parametrize(
@@ -180,7 +206,7 @@ def test_an_unreachable_database_gets_503_so_stripe_retries(factory) -> None:
     app = build_app(url, DB_POOL_TIMEOUT="0.5", DB_POOL_MIN_SIZE="0")
     try:
         client = app.test_client()
-        response = StripeSender(client).send(factory.other())
+        response = StripeSender(client, drain=False).send(factory.other())
         assert response.status_code == 503
         assert response.get_json() == {"error": "database unavailable, retry later"}
         assert response.headers["Retry-After"]
@@ -189,25 +215,30 @@ def test_an_unreachable_database_gets_503_so_stripe_retries(factory) -> None:
         assert ready.status_code == 503
         assert "secret" not in json.dumps(ready.get_json())
     finally:
-        app.extensions["webhook"].database.close()
+        app.extensions["webhook"].close()
 
 
-def test_a_lock_wait_timeout_gets_503_and_the_retry_applies_once(
+def hold_stripe_customer(db_url: str, stripe_customer: str) -> psycopg.Connection:
+    """Another worker busy with this Stripe customer, not letting go (close() releases)."""
+    holder = psycopg.connect(db_url)
+    holder.execute(
+        "select pg_advisory_xact_lock(hashtextextended(%s, 0))",
+        (f"stripe-customer:{stripe_customer}",),
+    )
+    return holder
+
+
+def test_inline_a_lock_wait_timeout_gets_503_and_the_retry_applies_once(
     db_url, conn, plans, user, factory
 ) -> None:
-    app = build_app(db_url, DB_LOCK_TIMEOUT_MS="200")
-    stripe = StripeSender(app.test_client())
+    app = build_app(db_url, DB_LOCK_TIMEOUT_MS="200", WEBHOOK_APPLY="inline")
+    stripe = StripeSender(app.test_client(), drain=False)
     try:
         checkout = factory.checkout_completed(
             customer="cus_1", subscription=None, client_reference_id=str(user)
         )
-        holder = psycopg.connect(db_url)
-        with holder.transaction():
-            # Another worker is busy with the same Stripe customer and does not let go.
-            holder.execute(
-                "select pg_advisory_xact_lock(hashtextextended('stripe-customer:cus_1', 0))"
-            )
-            blocked = stripe.send(checkout)
+        holder = hold_stripe_customer(db_url, "cus_1")
+        blocked = stripe.send(checkout)
         holder.close()
         assert blocked.status_code == 503
         assert stored_events(conn) == 0
@@ -216,7 +247,33 @@ def test_a_lock_wait_timeout_gets_503_and_the_retry_applies_once(
         assert retried.get_json()["status"] == "processed"
         assert customer_state(conn, user)["stripe_customer_id"] == "cus_1"
     finally:
-        app.extensions["webhook"].database.close()
+        app.extensions["webhook"].close()
+
+
+def test_queued_a_held_lock_never_reaches_the_request_and_the_drain_applies_once(
+    db_url, conn, plans, user, factory
+) -> None:
+    app = build_app(db_url, DB_LOCK_TIMEOUT_MS="200")
+    service = app.extensions["webhook"]
+    stripe = StripeSender(app.test_client(), drain=False)
+    try:
+        checkout = factory.checkout_completed(
+            customer="cus_1", subscription=None, client_reference_id=str(user)
+        )
+        holder = hold_stripe_customer(db_url, "cus_1")
+        accepted = stripe.send(checkout)
+        assert accepted.status_code == 200
+        assert accepted.get_json()["status"] == "received"
+        service.drain.cycle()  # the event's Stripe customer is busy: it stays queued
+        assert event_status(conn, checkout.id) == ("received", None)
+        holder.close()
+        assert service.drain.until_empty() == 1
+        assert event_status(conn, checkout.id) == ("processed", None)
+        assert customer_state(conn, user)["stripe_customer_id"] == "cus_1"
+        attempts = conn.execute("select count(*) from webhook_private.event_attempts").fetchone()
+        assert attempts == (1,)
+    finally:
+        service.close()
 
 
 def test_healthz_answers_without_the_database(client) -> None:
@@ -226,7 +283,10 @@ def test_healthz_answers_without_the_database(client) -> None:
 
 def test_readyz_is_ready_when_every_migration_is_applied(client) -> None:
     response = client.get("/readyz")
-    assert (response.status_code, response.get_json()) == (200, {"status": "ready"})
+    assert (response.status_code, response.get_json()) == (
+        200,
+        {"status": "ready", "queue_lag_seconds": 0.0},
+    )
 
 
 def test_readyz_is_unavailable_while_a_migration_is_pending(conn, client) -> None:
@@ -307,4 +367,4 @@ def test_db_prepared_statements_decides_what_the_pool_prepares(
         assert (count > 0) is prepared
         assert customer_state(conn, user)["plan_id"] == plans["Pro"]
     finally:
-        app.extensions["webhook"].database.close()
+        app.extensions["webhook"].close()

@@ -400,7 +400,10 @@ def reset(conn: psycopg.Connection) -> None:
         " webhook_private.catalog_versions, public.audit_logs"
     )
     conn.execute(f"truncate {state_tables}")
-    conn.execute("update public.customer set plan_id = null, stripe_customer_id = null")
+    with conn.transaction():
+        # The processor's own kind of write: not an application link (see migration 007).
+        conn.execute("select set_config('webhook.writing_links', 'on', true)")
+        conn.execute("update public.customer set plan_id = null, stripe_customer_id = null")
     conn.execute("truncate public.audit_logs")  # the update above wrote plan_change rows
 
 
@@ -487,7 +490,8 @@ def deliver_sequentially(
 
 
 def post_concurrently(app: Flask, deliveries: Sequence[Delivery], threads: int = 8) -> list[int]:
-    """Post every delivery through its own test client, `threads` at a time; the status codes."""
+    """Post every delivery through its own test client, `threads` at a time, then let the
+    app's drain apply the queue; the status codes."""
     local = threading.local()
     start = threading.Barrier(min(threads, len(deliveries)))
 
@@ -501,7 +505,9 @@ def post_concurrently(app: Flask, deliveries: Sequence[Delivery], threads: int =
         return response.status_code
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        return list(pool.map(post, deliveries))
+        statuses = list(pool.map(post, deliveries))
+    app.extensions["webhook"].drain.until_empty()
+    return statuses
 
 
 def mirror_summary(conn: psycopg.Connection) -> dict[str, tuple[str, list[str]]]:

@@ -2,7 +2,8 @@
 
 Stripe may deliver an event to two hosts at once (a retry overlapping a slow first attempt,
 two replicas behind a load balancer). Locks in the database, not in a process, must make
-each event count once and keep the in-order result. Each server is a separate gunicorn
+each event count once and keep the in-order result; each process runs its own drain, and
+the two share the queue. Each server is a separate gunicorn
 process on 127.0.0.1 with its own connection pool; requests are real HTTP with real HMAC
 signatures.
 """
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
+from servers import wait_until_applied
 from stripe_events import API_VERSIONS, Delivery, EventFactory
 from test_webhook_lifecycles import (
     Scenario,
@@ -175,6 +177,7 @@ def check_each_event_counted_once(results: list, scenario: Scenario, conn) -> No
     assert {e: sorted(f) for e, f in flags.items()} == {
         d.id: [False, True] for d in scenario.deliveries
     }
+    wait_until_applied(conn, [d.id for d in scenario.deliveries])  # by the servers' drains
     check_invariants(conn, scenario, Counter({d.id: 2 for d in scenario.deliveries}))
 
 

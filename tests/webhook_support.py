@@ -1,7 +1,10 @@
 """Fixtures for webhook tests: the app on the test's database, and a Stripe stand-in.
 
 `stripe` posts signed deliveries through Flask's test client exactly as Stripe would: the
-raw JSON bytes, a real HMAC signature over them, the Stripe-Signature header.
+raw JSON bytes, a real HMAC signature over them, the Stripe-Signature header. The app is in
+its default queued mode, so after each delivery the sender runs the app's own drain until
+the queue is empty (where a web worker's drain thread would do it moments later): a test
+then sees the applied result, through the same path as production.
 """
 
 import uuid
@@ -22,7 +25,13 @@ SECRET = "whsec_test_5e3d9a0c7b"
 
 
 def build_app(db_url: str, **overrides: str) -> Flask:
-    config = {"STRIPE_WEBHOOK_SECRET": SECRET, "DATABASE_URL": db_url, "DB_POOL_MAX_SIZE": "8"}
+    # No drain thread: the tests run the app's drain themselves, at the moment they choose.
+    config = {
+        "STRIPE_WEBHOOK_SECRET": SECRET,
+        "DATABASE_URL": db_url,
+        "DB_POOL_MAX_SIZE": "8",
+        "WEB_DRAIN": "off",
+    }
     config.update(overrides)
     return create_app(config)
 
@@ -31,7 +40,7 @@ def build_app(db_url: str, **overrides: str) -> Flask:
 def app(db_url: str) -> Iterator[Flask]:
     application = build_app(db_url)
     yield application
-    application.extensions["webhook"].database.close()
+    application.extensions["webhook"].close()
 
 
 @pytest.fixture
@@ -42,15 +51,19 @@ def client(app: Flask) -> FlaskClient:
 class StripeSender:
     """Delivers events to the app the way Stripe does."""
 
-    def __init__(self, client: FlaskClient, secret: str = SECRET) -> None:
+    def __init__(self, client: FlaskClient, secret: str = SECRET, *, drain: bool = True) -> None:
         self.client = client
         self.secret = secret
+        self.drain = drain
 
     def send(
         self, delivery: Delivery, *, secret: str | None = None, timestamp: int | None = None
     ) -> TestResponse:
         headers = delivery.headers(secret or self.secret, timestamp=timestamp)
-        return self.client.post("/webhook", data=delivery.body, headers=headers)
+        response = self.client.post("/webhook", data=delivery.body, headers=headers)
+        if self.drain:
+            self.client.application.extensions["webhook"].drain.until_empty()
+        return response
 
     def send_all(self, deliveries: Iterable[Delivery]) -> list[TestResponse]:
         responses = [self.send(d) for d in deliveries]

@@ -5,28 +5,35 @@ signed, current Stripe event (nothing is written), 200 once the event is durably
 (whatever the processing outcome, duplicates and unhandled types included), and 503 when
 the database cannot do its part right now, so that Stripe retries. Nothing answers with a
 traceback.
+
+By default (WEBHOOK_APPLY=queued) storing is all the request does: one insert, no lock
+waited for, no handler; the worker's drain (drain_worker.py) applies the event moments
+later. With WEBHOOK_APPLY=inline the request applies it too, and the 200 carries its
+outcome.
 """
 
 import json
 import logging
 import os
 import re
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from webhook import metrics, migrations
-from webhook.background import BackgroundWork
+from webhook import inbox, metrics, migrations
 from webhook.config import Settings, load_settings, use_prepared_statements
 from webhook.db import resolve_database_url
+from webhook.drain import Applied
+from webhook.drain_worker import DrainWorker
 from webhook.errors import DatabaseUnavailable
-from webhook.logs import configure_event_log, log_result
+from webhook.logs import configure_event_log, log_applied, log_result
 from webhook.pool import Database
 from webhook.processor import ProcessingRules, process_delivery
 from webhook.signature import SignatureError, SignatureVerifier
-from webhook.stripe_objects import PayloadError, parse_event
+from webhook.stripe_objects import Event, PayloadError, parse_event
 
 MAX_BODY_BYTES = 1024 * 1024
 RETRY_AFTER_SECONDS = "5"
@@ -44,7 +51,12 @@ class Service:
     database: Database
     rules: ProcessingRules
     # Started by the gunicorn config in each worker (see gunicorn_config.post_worker_init).
-    background: BackgroundWork
+    drain: DrainWorker
+
+    def close(self) -> None:
+        """Stop the drain and close the pool (tests; gunicorn's exit handlers otherwise)."""
+        self.drain.stop()
+        self.database.close()
 
 
 def create_app(config: Mapping[str, str] | None = None) -> Flask:
@@ -55,26 +67,32 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     """
     settings = load_settings({**os.environ, **(config or {})})
     database_url = resolve_database_url(settings.database_url)
+    prepare = use_prepared_statements(settings.prepared_statements, database_url)
     database = Database(
         database_url,
         min_size=settings.pool_min_size,
         max_size=settings.pool_max_size,
         timeout=settings.pool_timeout_seconds,
-        prepare=use_prepared_statements(settings.prepared_statements, database_url),
+        prepare=prepare,
+    )
+    rules = ProcessingRules(
+        entitled_statuses=settings.entitled_statuses,
+        stripe_api_key=settings.stripe_api_key,
+        stripe_api_base=settings.stripe_api_base,
+        lock_timeout_ms=settings.lock_timeout_ms,
+        statement_timeout_ms=settings.statement_timeout_ms,
     )
     service = Service(
         settings=settings,
         verifier=SignatureVerifier(settings.webhook_secrets, settings.tolerance_seconds),
         database=database,
-        rules=ProcessingRules(
-            entitled_statuses=settings.entitled_statuses,
-            stripe_api_key=settings.stripe_api_key,
-            stripe_api_base=settings.stripe_api_base,
-            lock_timeout_ms=settings.lock_timeout_ms,
-            statement_timeout_ms=settings.statement_timeout_ms,
-        ),
-        background=BackgroundWork(
-            database, settings.entitled_statuses, lock_timeout_ms=settings.lock_timeout_ms
+        rules=rules,
+        drain=DrainWorker(
+            database_url,
+            rules,
+            prepare=prepare,
+            batch_size=settings.drain_batch_size,
+            on_applied=observe_applied,
         ),
     )
     app = Flask(__name__)
@@ -104,21 +122,9 @@ def _register_routes(app: Flask, service: Service) -> None:
         except PayloadError as exc:
             metrics.SIGNATURE_FAILURES.labels("not_an_event").inc()
             return _error(400, str(exc))
-        try:
-            result = service.database.run(lambda conn: process_delivery(conn, event, service.rules))
-        finally:
-            metrics.POOL_IN_USE.set(service.database.in_use())
-        log_result(result)
-        outcome = "duplicate" if result.duplicate else result.outcome.status
-        metrics.EVENTS.labels(event.type, outcome).inc()
-        metrics.PROCESSING_SECONDS.observe(result.duration_ms / 1000)
-        body = {
-            "received": True,
-            "id": event.id,
-            "status": result.outcome.status,
-            "duplicate": result.duplicate,
-        }
-        return jsonify(body), 200
+        if service.settings.apply_mode == "inline":
+            return _apply_inline(service, event)
+        return _store_queued(service, event)
 
     @app.get("/metrics")
     def prometheus_metrics() -> Response:
@@ -135,12 +141,60 @@ def _register_routes(app: Flask, service: Service) -> None:
         try:
             with service.database.connection(timeout=READINESS_TIMEOUT_SECONDS) as conn:
                 waiting = [m.path.name for m in migrations.pending(conn)]
+                lag = metrics.queue_lag_seconds(conn) if not waiting else 0.0
         except DatabaseUnavailable as exc:
             return jsonify({"status": "unavailable", "reason": str(exc)}), 503
         if waiting:
             reason = f"migrations pending: {', '.join(waiting)}"
             return jsonify({"status": "unavailable", "reason": reason}), 503
-        return jsonify({"status": "ready"}), 200
+        # A lag is shown, never a reason to leave the load balancer: that would only make
+        # the queue longer.
+        return jsonify({"status": "ready", "queue_lag_seconds": round(lag, 3)}), 200
+
+
+def _apply_inline(service: Service, event: Event) -> tuple[Response, int]:
+    """WEBHOOK_APPLY=inline: store and apply in the request; 200 means applied."""
+    try:
+        result = service.database.run(lambda conn: process_delivery(conn, event, service.rules))
+    finally:
+        metrics.POOL_IN_USE.set(service.database.in_use())
+    log_result(result)
+    outcome = "duplicate" if result.duplicate else result.outcome.status
+    if not result.duplicate:
+        metrics.RECEIVED.labels(event.type).inc()
+    metrics.EVENTS.labels(event.type, outcome).inc()
+    metrics.PROCESSING_SECONDS.observe(result.duration_ms / 1000)
+    return _received(event, result.outcome.status, result.duplicate)
+
+
+def _store_queued(service: Service, event: Event) -> tuple[Response, int]:
+    """WEBHOOK_APPLY=queued (the default): store the event, wake the drain, answer."""
+    started = time.perf_counter()
+    try:
+        stored = service.database.run(lambda conn: inbox.receive(conn, event))
+    finally:
+        metrics.POOL_IN_USE.set(service.database.in_use())
+    if service.settings.web_drain and not service.drain.running:
+        service.drain.start()  # any WSGI server; gunicorn's config starts it at boot already
+    if stored.new or stored.status == "received":
+        service.drain.wake()
+    if stored.new:
+        metrics.RECEIVED.labels(event.type).inc()
+    else:
+        metrics.EVENTS.labels(event.type, "duplicate").inc()
+    metrics.PROCESSING_SECONDS.observe(time.perf_counter() - started)
+    return _received(event, stored.status, not stored.new)
+
+
+def _received(event: Event, status: str, duplicate: bool) -> tuple[Response, int]:
+    body = {"received": True, "id": event.id, "status": status, "duplicate": duplicate}
+    return jsonify(body), 200
+
+
+def observe_applied(applied: Sequence[Applied]) -> None:
+    """What a drain applied: the log line and the metrics of each event."""
+    log_applied(applied)
+    metrics.observe_applied(applied)
 
 
 def _register_errors(app: Flask) -> None:

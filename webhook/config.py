@@ -49,6 +49,11 @@ class Settings:
     statement_timeout_ms: int = 15000
     # None: decide from the URL (off for a transaction pooler's port), see prepared_statements().
     prepared_statements: bool | None = None
+    # queued: a delivery is stored and answered, a drain applies it; inline: applied in the request.
+    apply_mode: str = "queued"
+    # Whether each web worker runs a drain (off when a dedicated `drain` process does).
+    web_drain: bool = True
+    drain_batch_size: int = 200
 
     def __repr__(self) -> str:
         # Never let a secret reach a log line through a repr.
@@ -94,6 +99,9 @@ def load_settings(
         lock_timeout_ms=_int(env, "DB_LOCK_TIMEOUT_MS", 5000, minimum=1),
         statement_timeout_ms=_int(env, "DB_STATEMENT_TIMEOUT_MS", 15000, minimum=1),
         prepared_statements=prepared_statements_setting(env),
+        apply_mode=_choice(env, "WEBHOOK_APPLY", ("queued", "inline")),
+        web_drain=_choice(env, "WEB_DRAIN", ("on", "off")) == "on",
+        drain_batch_size=_int(env, "DRAIN_BATCH_SIZE", 200, minimum=1),
     )
 
 
@@ -143,6 +151,16 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     if value <= 0:
         raise ConfigError(f"{name} must be positive, got {raw}")
     return value
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    """One of `choices` (the first is the default)."""
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return choices[0]
+    if raw not in choices:
+        raise ConfigError(f"{name} must be {' or '.join(choices)}, got {raw!r}")
+    return raw
 
 
 def _optional_rate(env: Mapping[str, str]) -> float | None:

@@ -40,18 +40,18 @@ def on_starting(server) -> None:
 
 
 def post_worker_init(worker) -> None:
-    """Start the worker's background work (the application's link requests) once the app
-    is loaded in the worker, after the fork."""
+    """Start the worker's drain (stored events, application links) once the app is loaded
+    in the worker, after the fork; WEB_DRAIN=off leaves draining to `webhook drain`."""
     service = getattr(worker.wsgi, "extensions", {}).get("webhook")
-    if service is not None:
-        service.background.start()
+    if service is not None and service.settings.web_drain:
+        service.drain.start()
 
 
 def worker_exit(server, worker) -> None:
-    """Let the background work finish the request in hand before the worker exits."""
+    """Let the drain commit the batch in hand before the worker exits."""
     service = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("webhook")
     if service is not None:
-        service.background.stop()
+        service.drain.stop()
 
 
 def child_exit(server, worker) -> None:

@@ -22,6 +22,7 @@ class Stored:
     """The inbox row after storing a delivery."""
 
     status: str
+    new: bool = False
 
     @property
     def settled(self) -> bool:
@@ -64,6 +65,68 @@ def store(
     ).fetchone()
     assert row is not None
     return Stored(status=row[0])
+
+
+def receive(conn: psycopg.Connection, event: Event) -> Stored:
+    """Store a delivery for the drain to apply (queued mode); one statement for a new event.
+
+    A new event is a plain insert: no lock is waited for. A redelivery is counted, waiting
+    at most REDELIVERY_LOCK_WAIT for the row (another redelivery holds it for a moment); if
+    a drain is applying the event right then, it is answered from the last committed status
+    without being counted, rather than waiting for the batch. A redelivery of a failed
+    event puts it back in the queue, as in inline mode it would be tried again.
+    """
+    params = _row(event)
+    row = conn.execute(_RECEIVE, params).fetchone()
+    if row is not None:
+        return Stored(status=row[0], new=True)
+    try:
+        with conn.transaction():
+            conn.execute(f"set local lock_timeout = '{REDELIVERY_LOCK_WAIT}'")
+            row = conn.execute(_REDELIVERED, params).fetchone()
+    except psycopg.errors.LockNotAvailable:
+        row = None
+    if row is None:
+        row = conn.execute(
+            "select status from webhook_private.events where id = %(id)s", params
+        ).fetchone()
+    assert row is not None
+    return Stored(status=row[0])
+
+
+REDELIVERY_LOCK_WAIT = "50ms"
+
+
+_RECEIVE = """
+insert into webhook_private.events as e
+  (id, type, api_version, livemode, stripe_created, object_id, payload)
+values (%(id)s, %(type)s, %(api_version)s, %(livemode)s, %(created)s, %(object_id)s,
+        %(payload)s::jsonb)
+on conflict (id) do nothing
+returning e.status
+"""
+
+_REDELIVERED = """
+update webhook_private.events e
+   set deliveries = e.deliveries + 1,
+       status = case when e.status = 'failed' and e.payload is not null then 'received'
+                     else e.status end,
+       received_at = case when e.status = 'failed' then now() else e.received_at end
+ where e.id = %(id)s
+returning e.status
+"""
+
+
+def _row(event: Event) -> dict[str, object]:
+    return {
+        "id": event.id,
+        "type": event.type,
+        "api_version": event.api_version,
+        "livemode": event.livemode,
+        "created": timestamp(event.created),
+        "object_id": event.object_id,
+        "payload": event.text if event.text is not None else json.dumps(event.raw),
+    }
 
 
 def record(

@@ -7,7 +7,9 @@ payloads never are: an event's error message is written by this service and name
 import json
 import logging
 import sys
+from collections.abc import Sequence
 
+from webhook.drain import Applied
 from webhook.processor import Result
 
 _event_log = logging.getLogger("webhook.events")
@@ -21,6 +23,22 @@ def configure_event_log() -> None:
         _event_log.addHandler(handler)
         _event_log.setLevel(logging.INFO)
         _event_log.propagate = False
+
+
+def log_applied(applied: Sequence[Applied]) -> None:
+    """One line per event a drain applied, as for an event applied in the request."""
+    for event in applied:
+        line = {
+            "log": "stripe_event",
+            "event_id": event.event_id,
+            "type": event.event_type,
+            "customer": str(event.outcome.customer) if event.outcome.customer else None,
+            "outcome": event.outcome.status,
+            "queued_ms": round(event.waited_seconds * 1000, 1),
+        }
+        if event.outcome.error:
+            line["error"] = event.outcome.error
+        _event_log.info(json.dumps(line, separators=(",", ":")))
 
 
 def log_result(result: Result) -> None:

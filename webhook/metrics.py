@@ -2,13 +2,15 @@
 
 Under gunicorn each worker counts on its own; with PROMETHEUS_MULTIPROC_DIR set (the
 gunicorn config sets it) the counts of all workers, live and dead, are added up at scrape
-time. Two figures are read from the database at scrape time instead of being counted: the
-age of the oldest failed event, and how many events wait in each status. Labels are event
+time. Some figures are read from the database at scrape time instead of being counted: the
+age of the oldest failed event, how many events wait in each status (`received` is the
+queue), and the queue's lag, the age of its oldest event. Labels are event
 types and fixed words only; no ids, no customer data.
 """
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
+import psycopg
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -23,11 +25,23 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from webhook.drain import Applied
 from webhook.errors import DatabaseUnavailable
 from webhook.pool import Database
 
 EVENTS = Counter(
-    "webhook_events", "Stripe events received, by event type and outcome.", ["type", "outcome"]
+    "webhook_events",
+    "Stripe events applied, by event type and outcome (processed, ignored, failed), and"
+    " redeliveries of settled events (outcome duplicate).",
+    ["type", "outcome"],
+)
+RECEIVED = Counter(
+    "webhook_events_received", "New Stripe events stored by the endpoint, by event type.", ["type"]
+)
+APPLY_DELAY_SECONDS = Histogram(
+    "webhook_received_to_applied_seconds",
+    "Time from storing an event to applying it (queued mode), in seconds.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
 )
 SIGNATURE_FAILURES = Counter(
     "webhook_signature_failures", "Requests rejected before storing, by reason.", ["reason"]
@@ -70,6 +84,7 @@ class _InboxCollector(Collector):
                     "select status, count(*) from webhook_private.events"
                     " where status in ('failed', 'received') group by status"
                 ).fetchall()
+                lag = queue_lag_seconds(conn)
         except DatabaseUnavailable:
             return
         yield GaugeMetricFamily(
@@ -86,6 +101,27 @@ class _InboxCollector(Collector):
         for status in ("failed", "received"):
             family.add_metric([status], counts.get(status, 0))
         yield family
+        yield GaugeMetricFamily(
+            "webhook_queue_lag_seconds",
+            "Age of the oldest stored event not applied yet (0 when the queue is empty).",
+            value=lag,
+        )
+
+
+def queue_lag_seconds(conn: psycopg.Connection) -> float:
+    """How long the oldest received event has waited (0 when none waits)."""
+    row = conn.execute(
+        "select coalesce(extract(epoch from now() - min(received_at)), 0)"
+        " from webhook_private.events where status = 'received'"
+    ).fetchone()
+    return float(row[0]) if row else 0.0
+
+
+def observe_applied(applied: Sequence[Applied]) -> None:
+    """Count what a drain applied: outcomes by type, and how long each event waited."""
+    for event in applied:
+        EVENTS.labels(event.event_type, event.outcome.status).inc()
+        APPLY_DELAY_SECONDS.observe(event.waited_seconds)
 
 
 def render(database: Database) -> bytes:

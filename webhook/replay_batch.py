@@ -80,7 +80,7 @@ class _Mirrored:
 
 
 @dataclass(frozen=True)
-class _Candidate:
+class Candidate:
     """A parsed subscription event waiting to be decided."""
 
     event: Event
@@ -176,11 +176,10 @@ def replay_subscription_run(
             candidates = _claim(conn, event_ids, rules)
             if not candidates:
                 return []
-            snapshot = _read(conn, candidates)
-            results = _decide(candidates, snapshot, rules)
+            results = apply_candidates(conn, candidates, rules)
             if results:
                 elapsed_ms = (time.perf_counter() - started) * 1000
-                _write(conn, snapshot, results, elapsed_ms / len(results), trigger)
+                record_outcomes(conn, results, elapsed_ms / len(results), trigger)
             return results
     except psycopg.OperationalError:
         raise
@@ -191,9 +190,41 @@ def replay_subscription_run(
         return None
 
 
+def apply_candidates(
+    conn: psycopg.Connection, candidates: list[Candidate], rules: ProcessingRules
+) -> list[ReplayResult]:
+    """Decide and write the longest prefix of `candidates` this path covers, in the
+    caller's transaction; their outcomes are the caller's to record (record_outcomes).
+
+    `webhook.source` must be empty in the transaction: the audit rows the plan writes make
+    are named afterwards, per event.
+    """
+    snapshot = _read(conn, candidates)
+    results = _decide(candidates, snapshot, rules)
+    if results:
+        _write(conn, snapshot)
+    return results
+
+
+def record_outcomes(
+    conn: psycopg.Connection, results: Sequence[ReplayResult], ms_each: float, trigger: str
+) -> None:
+    """Each event's status and error, and an attempt row each, in one statement."""
+    conn.execute(
+        _RECORD_OUTCOMES,
+        {
+            "ids": [r.event_id for r in results],
+            "statuses": [r.outcome.status for r in results],
+            "errors": [r.outcome.error for r in results],
+            "ms": round(ms_each, 3),
+            "trigger": trigger,
+        },
+    )
+
+
 def _claim(
     conn: psycopg.Connection, event_ids: Sequence[str], rules: ProcessingRules
-) -> list[_Candidate]:
+) -> list[Candidate]:
     """Lock the stored events (in id order) and parse the prefix this path covers."""
     # Custom plans: a generic plan cannot see that the arrays hold a thousand ids, and
     # picks nested loops that make each batch slower than the last.
@@ -210,10 +241,11 @@ def _claim(
             (list(event_ids),),
         ).fetchall()
     )
-    candidates: list[_Candidate] = []
+    candidates: list[Candidate] = []
     seen: set[str] = set()
     for event_id in event_ids:
-        candidate = _candidate(payloads.get(event_id), rules)
+        event = _parsed(payloads.get(event_id))
+        candidate = candidate_for(event, rules) if event is not None else None
         if candidate is None or event_id in seen or candidate.event.id != event_id:
             break
         seen.add(event_id)
@@ -221,12 +253,18 @@ def _claim(
     return candidates
 
 
-def _candidate(payload: Any, rules: ProcessingRules) -> _Candidate | None:
-    """The event, if it is a subscription event this path can apply."""
+def _parsed(payload: Any) -> Event | None:
     if payload is None:
         return None
     try:
-        event = parse_event(payload)
+        return parse_event(payload)
+    except PayloadError:
+        return None
+
+
+def candidate_for(event: Event, rules: ProcessingRules) -> Candidate | None:
+    """The event as this path takes it, if it is a subscription event this path covers."""
+    try:
         if event.type not in SUBSCRIPTION_TYPES or metadata_customer_uuid(event.object):
             return None
         state = readable_state(event.object, rules.entitled_statuses)
@@ -235,10 +273,10 @@ def _candidate(payload: Any, rules: ProcessingRules) -> _Candidate | None:
     except PayloadError:
         return None
     key = tuple(subscription_order_key(event.created, event.type, state))
-    return _Candidate(event, state, key)
+    return Candidate(event, state, key)
 
 
-def _read(conn: psycopg.Connection, candidates: list[_Candidate]) -> _Snapshot:
+def _read(conn: psycopg.Connection, candidates: list[Candidate]) -> _Snapshot:
     """Take the handler's locks for every event of the run and read what it would read.
 
     Advisory locks on the Stripe customers in one sorted order, then the customers' rows
@@ -294,7 +332,7 @@ def _read(conn: psycopg.Connection, candidates: list[_Candidate]) -> _Snapshot:
 
 
 def _decide(
-    candidates: list[_Candidate], snapshot: _Snapshot, rules: ProcessingRules
+    candidates: list[Candidate], snapshot: _Snapshot, rules: ProcessingRules
 ) -> list[ReplayResult]:
     """Each event's outcome, in order, as the handler would reach it; the snapshot follows."""
     results: list[ReplayResult] = []
@@ -355,14 +393,8 @@ def _outcome(
     return Outcome.processed(owner), current, entitlement.plan_id
 
 
-def _write(
-    conn: psycopg.Connection,
-    snapshot: _Snapshot,
-    results: list[ReplayResult],
-    ms_each: float,
-    trigger: str,
-) -> None:
-    """Write the net result: mirror rows, changed plans (with their audit source), the inbox."""
+def _write(conn: psycopg.Connection, snapshot: _Snapshot) -> None:
+    """Write the net result: mirror rows, changed plans (with their audit source)."""
     if snapshot.changed:
         mirror.upsert_many(
             conn,
@@ -374,16 +406,6 @@ def _write(
     for writes in snapshot.plan_writes():
         if writes:
             _write_plans(conn, writes)
-    conn.execute(
-        _RECORD_OUTCOMES,
-        {
-            "ids": [r.event_id for r in results],
-            "statuses": [r.outcome.status for r in results],
-            "errors": [r.outcome.error for r in results],
-            "ms": round(ms_each, 3),
-            "trigger": trigger,
-        },
-    )
 
 
 def _write_plans(conn: psycopg.Connection, writes: list[tuple[uuid.UUID, int | None, str]]) -> None:

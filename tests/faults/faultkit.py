@@ -145,8 +145,9 @@ def snapshot(conn: psycopg.Connection) -> Snapshot:
 
 
 def deliver_in_order(url: str, hs: Sequence[History]) -> Snapshot:
-    """Deliver each history once, in Stripe's order, through the in-process app."""
-    app = build_app(url)
+    """Deliver each history once, in Stripe's order, through the in-process app (inline:
+    each event applied before the next is sent)."""
+    app = build_app(url, WEBHOOK_APPLY="inline")
     try:
         client = app.test_client()
         for h in hs:
@@ -156,7 +157,7 @@ def deliver_in_order(url: str, hs: Sequence[History]) -> Snapshot:
                 )
                 assert response.status_code == 200, (delivery.type, response.get_json())
     finally:
-        app.extensions["webhook"].database.close()
+        app.extensions["webhook"].close()
     with psycopg.connect(url, autocommit=True) as conn:
         result = snapshot(conn)
     sent = {d.id for d in all_deliveries(hs)}
@@ -168,7 +169,12 @@ def deliver_in_order(url: str, hs: Sequence[History]) -> Snapshot:
 
 
 def check_invariant(conn: psycopg.Connection, hs: Sequence[History], expected: Snapshot) -> None:
-    """Every event in the inbox exactly once and applied once; rows equal the in-order run."""
+    """Every event in the inbox exactly once and applied once; rows equal the in-order run.
+
+    The servers' drains apply what they stored moments later: wait (bounded) for the queue
+    to empty first.
+    """
+    wait_until_drained(conn)
     sent = [d.id for d in all_deliveries(hs)]
     assert len(set(sent)) == len(sent), "the histories reuse an event id"
     inbox = conn.execute("select id, status, attempts from webhook_private.events").fetchall()
@@ -204,6 +210,18 @@ def check_invariant(conn: psycopg.Connection, hs: Sequence[History], expected: S
     assert actual.links == expected.links
     assert actual.subscriptions == expected.subscriptions
     assert actual.customers == expected.customers
+
+
+def wait_until_drained(conn: psycopg.Connection, timeout: float = 30.0) -> None:
+    """Until no event waits in the queue, or `timeout` (then the check that follows fails)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        waiting = conn.execute(
+            "select count(*) from webhook_private.events where status = 'received'"
+        ).fetchone()[0]
+        if waiting == 0:
+            return
+        time.sleep(0.05)
 
 
 def write_fingerprint(conn: psycopg.Connection) -> dict[str, Any]:

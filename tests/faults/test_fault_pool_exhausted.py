@@ -1,5 +1,8 @@
 """The connection pool exhausted: requests wait a bounded time, then 503; nothing hangs.
 
+Inline mode, where a request holds its connection while it applies the event. (In the
+default queued mode no request waits on a lock: test_fault_queued.py.)
+
 One pooled connection (DB_POOL_MAX_SIZE=1, DB_POOL_TIMEOUT=1) is held by a delivery that
 waits on a customer lock the test holds. Deliveries for other customers arriving
 meanwhile must each be answered 503 with Retry-After within the client's bound, and
@@ -43,6 +46,7 @@ def test_requests_beyond_the_pool_get_503_within_a_bound_and_are_applied_once_la
         DB_POOL_MAX_SIZE="1",
         DB_POOL_TIMEOUT="1",
         DB_LOCK_TIMEOUT_MS="60000",
+        WEBHOOK_APPLY="inline",
     )
     holder = hs[0].deliveries[0]
     others = [h.deliveries[i] for h in hs[1:] for i in (0, 1)]

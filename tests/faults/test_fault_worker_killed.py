@@ -1,4 +1,4 @@
-"""A gunicorn worker killed with SIGKILL in the middle of applying events.
+"""A gunicorn worker killed with SIGKILL in the middle of applying events (inline mode).
 
 The test holds the advisory lock the processor takes per Stripe customer, so two
 deliveries stop inside their transactions, after storing the event and before applying
@@ -41,7 +41,13 @@ def test_a_worker_killed_mid_request_leaves_nothing_half_applied(
     hs = histories(2, seed=21, cuts=(5, 5))
     expected = in_order(hs)
     prepare(db_url, hs)
-    server = gunicorn(db_url, workers=1, threads=4, DB_LOCK_TIMEOUT_MS="60000")
+    server = gunicorn(
+        db_url,
+        workers=1,
+        threads=4,
+        DB_LOCK_TIMEOUT_MS="60000",
+        WEBHOOK_APPLY="inline",
+    )
 
     victims = [h.deliveries[-1] for h in hs]
     assert {v.type for v in victims} == {"customer.subscription.updated"}

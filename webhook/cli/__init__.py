@@ -43,6 +43,7 @@ def main() -> None:
 
 # Importing the command modules registers their commands on `cli`.
 from webhook.cli import (  # noqa: E402,F401
+    drain_command,
     inspect_commands,
     repair_commands,
     schema_commands,

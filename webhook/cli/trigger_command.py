@@ -4,6 +4,8 @@ Like `stripe trigger`, but it needs no Stripe account: the events are built loca
 shape of the API version asked for and signed with the server's secret
 (STRIPE_WEBHOOK_SECRET, else the development secret in ./.dev-secret). Stripe ids are
 derived from the customer's uuid, so separate invocations describe one subscription.
+The server answers as soon as it has stored an event; trigger then waits (at most
+APPLY_WAIT_SECONDS) until its drain has applied them, and prints each outcome.
 """
 
 import json
@@ -12,12 +14,16 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from pathlib import Path
 
 import click
+import psycopg
 
 from webhook.cli import cli
+from webhook.cli.context import database
 from webhook.cli.serve_command import DEMO_CUSTOMER
 from webhook.devsecret import existing_dev_secret
+from webhook.embedded import DEFAULT_PGDATA
 from webhook.errors import ConfigError, ProjectError
 from webhook.fixtures import API_VERSIONS, ENDIVE_API, MONTH, Delivery, EventFactory
 
@@ -56,7 +62,9 @@ SUBSCRIPTION_TYPES = (
     show_default=True,
     help=f"Payload shape, e.g. {', '.join(API_VERSIONS)}.",
 )
+@click.pass_context
 def trigger(
+    ctx: click.Context,
     event_type: str,
     customer_uuid: str,
     price: str,
@@ -77,11 +85,51 @@ def trigger(
     deliveries = (
         events.lifecycle() if event_type == "lifecycle" else [events.single(event_type, status)]
     )
+    answers = []
     for delivery in deliveries:
         status_code, answer = _post(url, delivery, secret)
-        click.echo(f"{delivery.type:<45} {delivery.id}  -> {status_code} {answer}")
         if status_code >= 300:
+            click.echo(f"{delivery.type:<45} {delivery.id}  -> {status_code} {answer}")
             raise ProjectError(f"the server answered {status_code} to {delivery.type}")
+        answers.append((delivery, status_code, answer))
+    outcomes = _wait_until_applied(ctx, [d.id for d in deliveries])
+    for delivery, status_code, answer in answers:
+        applied = f"; applied: {outcomes[delivery.id]}" if delivery.id in outcomes else ""
+        click.echo(f"{delivery.type:<45} {delivery.id}  -> {status_code} {answer}{applied}")
+
+
+APPLY_WAIT_SECONDS = 15.0
+
+
+def _wait_until_applied(ctx: click.Context, event_ids: list[str]) -> dict[str, str]:
+    """The outcome of each event once the server's drain has applied it (queued mode).
+
+    Read from the database the server uses (--database-url, DATABASE_URL, or the embedded
+    one of `make dev`); if it cannot be read, the answers alone are shown.
+    """
+    explicit = ctx.obj.get("database_url")
+    pgdata = Path(os.environ.get("EMBEDDED_PGDATA") or DEFAULT_PGDATA)
+    if not explicit and not (pgdata / "PG_VERSION").exists():
+        return {}  # no database of this project here: start none just to read outcomes
+    try:
+        with database(ctx, autocommit=True) as conn:
+            deadline = time.monotonic() + APPLY_WAIT_SECONDS
+            while True:
+                rows = conn.execute(
+                    "select id, status, coalesce(error, '') from webhook_private.events"
+                    " where id = any(%s)",
+                    (event_ids,),
+                ).fetchall()
+                if all(status != "received" for _, status, _ in rows) or (
+                    time.monotonic() > deadline
+                ):
+                    return {
+                        event_id: status + (f" ({error})" if error else "")
+                        for event_id, status, error in rows
+                    }
+                time.sleep(0.05)
+    except (ProjectError, psycopg.Error):
+        return {}
 
 
 def _signing_secret() -> str:

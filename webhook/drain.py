@@ -1,0 +1,215 @@
+"""The drain: apply stored (`received`) events in batches, one transaction per batch.
+
+A batch is claimed with `FOR NO KEY UPDATE SKIP LOCKED` inside the transaction that
+applies it, so any number of drains, in any number of processes and hosts, share the
+queue without taking an event twice, and a drain killed mid-batch returns its events to
+the queue by itself (its transaction is rolled back). Within the batch:
+
+- the Stripe customers of all its events are locked first, without waiting: an event
+  whose Stripe customer another transaction holds (another drain's batch, a delivery in
+  inline mode, a sync page) is left in the queue for the next batch, so drains never wait
+  on each other and a busy customer never holds up the events behind it;
+- subscription events go through the batch engine of `replay` (replay_batch), which
+  decides them in memory with the handler's rules and writes the net result;
+- types without a handler are settled as `ignored` in the same statement that records
+  every outcome;
+- the rest (checkout, invoices, customers, catalog, and subscription events the batch
+  engine leaves) go through their handlers one by one, each in a savepoint, so an event
+  that fails, or whose handler raises, is `failed` with its reason and never stops the
+  events behind it.
+
+Events in one batch are applied in an order of the drain's choosing: the mirror, the links
+and the resets are order-safe, so the result is the one any delivery order gives.
+"""
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import psycopg
+
+from webhook import replay_batch
+from webhook.handlers import HANDLERS
+from webhook.handlers.base import Outcome
+from webhook.processor import ProcessingRules, as_failure, run_handler
+from webhook.replay_batch import Candidate
+from webhook.replay_result import ReplayResult
+from webhook.stripe_objects import Event, PayloadError, expandable_id, parse_event
+
+log = logging.getLogger(__name__)
+
+BATCH_EVENTS = 200
+DEFERRED_PAUSE_SECONDS = 0.02
+
+
+@dataclass(frozen=True)
+class Applied:
+    """One drained event: what it did, and how long it waited in the queue."""
+
+    event_id: str
+    event_type: str
+    outcome: Outcome
+    waited_seconds: float
+
+
+_CLAIM = """
+select e.id, e.payload, e.received_at, extract(epoch from now() - e.received_at)
+  from webhook_private.events e
+ where e.status = 'received' and e.payload is not null
+ order by e.received_at, e.id
+ limit %s
+   for no key update skip locked
+"""
+
+
+def drain_batch(
+    conn: psycopg.Connection, rules: ProcessingRules, *, limit: int = BATCH_EVENTS
+) -> list[Applied]:
+    """Claim up to `limit` received events and apply them; [] when none could be.
+
+    [] means the queue is empty, or every claimed event's Stripe customer was busy (then
+    after a short pause, so a caller that loops does not spin). `conn` must be in
+    autocommit mode. A lost connection, a lock or statement timeout, or a deadlock rolls
+    the whole batch back (its events stay queued) and is raised.
+    """
+    started = time.perf_counter()
+    with conn.transaction():
+        conn.execute(
+            "select set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true),"
+            " set_config('webhook.source', '', true),"
+            " set_config('plan_cache_mode', 'force_custom_plan', true)",
+            (f"{rules.lock_timeout_ms}ms", f"{rules.statement_timeout_ms}ms"),
+        )
+        rows = conn.execute(_CLAIM, (limit,)).fetchall()
+        if not rows:
+            return []
+        waited = {row[0]: float(row[3]) for row in rows}
+        results = _apply(conn, rows, rules)
+        if results:
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            replay_batch.record_outcomes(conn, results, elapsed_ms / len(results), "delivery")
+    if not results:
+        time.sleep(DEFERRED_PAUSE_SECONDS)  # every event's customer was busy: let them finish
+    return [Applied(r.event_id, r.event_type, r.outcome, waited[r.event_id]) for r in results]
+
+
+def queued(conn: psycopg.Connection) -> bool:
+    """Whether any event waits to be applied."""
+    row = conn.execute(
+        "select exists (select from webhook_private.events where status = 'received'"
+        " and payload is not null)"
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def drain_until_empty(
+    conn: psycopg.Connection,
+    rules: ProcessingRules,
+    *,
+    limit: int = BATCH_EVENTS,
+    on_applied: Callable[[Sequence[Applied]], None] = lambda _applied: None,
+) -> int:
+    """Apply batches until the queue is empty; return how many events were applied."""
+    total = 0
+    while True:
+        applied = drain_batch(conn, rules, limit=limit)
+        if not applied and not queued(conn):
+            return total
+        on_applied(applied)
+        total += len(applied)
+
+
+def _apply(
+    conn: psycopg.Connection,
+    rows: list[tuple[str, object, datetime, float]],
+    rules: ProcessingRules,
+) -> list[ReplayResult]:
+    results: list[ReplayResult] = []
+    events: list[Event] = []
+    for event_id, payload, _, _ in rows:
+        try:
+            events.append(parse_event(payload))
+        except PayloadError as exc:  # stored by an older version, or by hand
+            results.append(
+                _result(event_id, "unknown", Outcome.failed(f"stored event is unusable: {exc}"))
+            )
+    busy = _busy_customers(conn, {c for e in events if (c := _stripe_customer(e))})
+    events = [e for e in events if _stripe_customer(e) not in busy]
+    ignored = [e for e in events if e.type not in HANDLERS]
+    handled = [e for e in events if e.type in HANDLERS]
+    candidates: list[Candidate] = []
+    one_by_one: list[Event] = []
+    for event in handled:
+        candidate = replay_batch.candidate_for(event, rules)
+        if candidate is None:
+            one_by_one.append(event)
+        else:
+            candidates.append(candidate)
+    batched = _apply_batch(conn, candidates, rules)
+    results.extend(batched)
+    done = {r.event_id for r in batched}
+    one_by_one.extend(c.event for c in candidates if c.event.id not in done)
+    results.extend(_result(e.id, e.type, Outcome.ignored()) for e in ignored)
+    for event in one_by_one:
+        results.append(_apply_one(conn, event, rules))
+    return results
+
+
+def _apply_batch(
+    conn: psycopg.Connection, candidates: list[Candidate], rules: ProcessingRules
+) -> list[ReplayResult]:
+    """The batch engine over the subscription events, in a savepoint; [] if it refuses.
+
+    A write the database refuses, or a fault of the engine, rolls the savepoint back and
+    leaves every one of these events to the handlers, which find the one that fails.
+    """
+    if not candidates:
+        return []
+    try:
+        with conn.transaction():
+            return replay_batch.apply_candidates(conn, candidates, rules)
+    except psycopg.OperationalError:
+        raise
+    except psycopg.Error:
+        return []
+    except Exception:
+        log.exception(
+            "drain: the batch engine failed; applying %d events one by one", len(candidates)
+        )
+        return []
+
+
+def _apply_one(conn: psycopg.Connection, event: Event, rules: ProcessingRules) -> ReplayResult:
+    """One event through its handler, in a savepoint: its failure is its own."""
+    try:
+        with conn.transaction():
+            conn.execute("select set_config('webhook.source', %s, true)", (f"stripe:{event.id}",))
+            outcome = run_handler(conn, event, rules)
+    except Exception as exc:
+        outcome = as_failure(exc, event)  # re-raises what means "retry later"
+    return _result(event.id, event.type, outcome)
+
+
+def _result(event_id: str, event_type: str, outcome: Outcome) -> ReplayResult:
+    return ReplayResult(event_id, event_type, outcome, None, None)
+
+
+def _busy_customers(conn: psycopg.Connection, stripe_customers: set[str]) -> set[str]:
+    """Take each Stripe customer's lock if it is free; return those another holds."""
+    if not stripe_customers:
+        return set()
+    rows = conn.execute(
+        "select s, pg_try_advisory_xact_lock(hashtextextended('stripe-customer:' || s, 0))"
+        " from unnest(%s::text[]) with ordinality as t(s, n) order by n",
+        (sorted(stripe_customers),),
+    ).fetchall()
+    return {stripe_customer for stripe_customer, locked in rows if not locked}
+
+
+def _stripe_customer(event: Event) -> str | None:
+    """The Stripe customer whose lock applying this event takes (None for catalog events)."""
+    if event.type.startswith("customer.") and not event.type.startswith("customer.subscription."):
+        return event.object_id
+    return expandable_id(event.object.get("customer"))
