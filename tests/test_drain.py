@@ -12,11 +12,13 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+from click.testing import CliRunner
 from databases import scratch_database
 from stripe_events import MONTH, Delivery, EventFactory
 from test_replay_batch import USERS, owned_rows
 
 from webhook import handlers, inbox
+from webhook.cli import cli
 from webhook.config import DEFAULT_ENTITLED_STATUSES
 from webhook.drain import drain_batch, drain_until_empty, queued
 from webhook.drain_worker import DrainWorker
@@ -305,3 +307,18 @@ def test_the_worker_stops_after_the_batch_in_hand(db_url, conn, factory) -> None
     assert (
         conn.execute("select count(*) from webhook_private.event_attempts").fetchone()[0] == settled
     )
+
+
+def test_doctor_warns_when_the_queue_lags(db_url, conn, factory) -> None:
+    def doctor() -> str:
+        result = CliRunner().invoke(
+            cli, ["--database-url", db_url, "doctor"], env={"STRIPE_WEBHOOK_SECRET": "whsec_x"}
+        )
+        return result.output
+
+    receive(conn, [factory.other("charge.succeeded")])
+    assert "ok   queue: 1 event(s) waiting" in doctor()
+    conn.execute("update webhook_private.events set received_at = now() - interval '10 minutes'")
+    output = doctor()
+    assert "FIX  queue: 1 event(s) waiting, the oldest for 600s" in output
+    assert "drain" in output

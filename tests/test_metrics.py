@@ -3,7 +3,7 @@
 import re
 
 from stripe_events import sign
-from webhook_support import SECRET
+from webhook_support import SECRET, StripeSender
 
 
 def scrape(client) -> str:
@@ -64,3 +64,26 @@ def test_the_oldest_failed_event_age_comes_from_the_inbox(
     assert value(text, "webhook_inbox_events", status="failed") == 1
     assert "webhook_db_pool_connections_in_use" in text
     assert SECRET not in text
+
+
+def test_the_queue_is_seen_in_metrics_and_readyz(conn, app, client, factory) -> None:
+    """webhook_inbox_events{status="received"} is the queue; its lag and the wait are shown."""
+    stripe = StripeSender(client, drain=False)
+    stripe.send_all([factory.other("charge.succeeded") for _ in range(3)])
+    conn.execute("update webhook_private.events set received_at = now() - interval '2 minutes'")
+    before = scrape(client)
+    assert value(before, "webhook_inbox_events", status="received") == 3
+    assert value(before, "webhook_queue_lag_seconds") >= 120
+    ready = client.get("/readyz")
+    assert ready.status_code == 200  # a lag never takes the instance out of the balancer
+    assert ready.get_json()["queue_lag_seconds"] >= 120
+
+    app.extensions["webhook"].drain.until_empty()
+    after = scrape(client)
+    assert value(after, "webhook_inbox_events", status="received") == 0
+    assert value(after, "webhook_queue_lag_seconds") == 0
+    waited = "webhook_received_to_applied_seconds_count"
+    assert value(after, waited) == value(before, waited) + 3
+    slow = "webhook_received_to_applied_seconds_bucket"
+    assert value(after, slow, le="60.0") == value(before, slow, le="60.0")  # all waited >60 s
+    assert value(after, "webhook_events_received_total", type="charge.succeeded") >= 3

@@ -19,7 +19,7 @@ import random
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,7 +35,7 @@ from stripe_events import (
     EventFactory,
     lifecycle,
 )
-from webhook_support import SECRET, StripeSender, customer_state, outcome_rows
+from webhook_support import SECRET, StripeSender, build_app, customer_state, outcome_rows
 
 RENEWAL_TYPES = ("invoice.paid", "invoice.payment_succeeded")
 PRO_RESOURCES = {"api_calls": 5000, "storage_gb": 50}
@@ -552,11 +552,20 @@ def shuffled(deliveries: Sequence[Delivery], seed: int, copies: int = 1) -> list
 # -------------------------------------------------------------------------------------------
 
 
+@pytest.fixture(params=["queued", "inline"])
+def either_mode(request: pytest.FixtureRequest, db_url: str) -> Iterator[StripeSender]:
+    """A sender to the app in each WEBHOOK_APPLY mode (queued: drained after each post)."""
+    application = build_app(db_url, WEBHOOK_APPLY=request.param)
+    yield StripeSender(application.test_client())
+    application.extensions["webhook"].close()
+
+
 @pytest.mark.parametrize("api_version", API_VERSIONS)
 @pytest.mark.parametrize("name", list(SCENARIOS))
 def test_any_order_any_number_of_times_ends_in_the_in_order_state(
-    name, api_version, conn, plans, user, stripe
+    name, api_version, conn, plans, user, either_mode
 ) -> None:
+    stripe = either_mode
     scenario = build(name, api_version, user)
     events = scenario.deliveries
     expected = deliver_in_order(conn, stripe, plans, user, scenario)

@@ -3,9 +3,9 @@
 Stripe retries a failed delivery for three days in live mode (a few hours in a sandbox),
 and never delivers what it created while an endpoint was disabled. Its API keeps every
 event for 30 days, so this lists the events of the handled types created since then and
-applies each one the inbox does not hold yet, oldest first, through the same engine as a
-replay (batches of subscription events, the handlers for the rest), with the same outcome
-as a delivery. Events already delivered change nothing.
+applies each one the inbox does not hold yet, oldest first, through the drain's engine
+(batches of subscription events, the handlers for the rest), with the same outcome as a
+delivery. Events already delivered change nothing.
 
 It does not filter on `delivery_success=false`: that flag is per account, not per
 endpoint, and it misses the events created while an endpoint was disabled. Listed events
@@ -25,11 +25,10 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 
 from webhook import sync_runs
+from webhook.drain import Applied, drain_batch
 from webhook.errors import ProjectError
 from webhook.handlers import HANDLERS
 from webhook.processor import ProcessingRules
-from webhook.replay import iter_replay
-from webhook.replay_result import ReplayResult
 from webhook.stripe_client import Page, StripeAPI, read_ahead
 from webhook.stripe_objects import Event, PayloadError, parse_event, timestamp
 
@@ -76,7 +75,7 @@ def catch_up(
     *,
     dry_run: bool = False,
     restart: bool = False,
-    on_result: Callable[[ReplayResult], None] = lambda _result: None,
+    on_result: Callable[[Applied], None] = lambda _result: None,
     progress: Callable[[str, int], None] = lambda _phase, _count: None,
 ) -> CatchUpReport:
     """List, store and apply the missing events of the window; `conn` in autocommit mode."""
@@ -188,18 +187,21 @@ def _apply_stored(
     run: sync_runs.Run,
     rules: ProcessingRules,
     report: CatchUpReport,
-    on_result: Callable[[ReplayResult], None],
+    on_result: Callable[[Applied], None],
     progress: Callable[[str, int], None],
 ) -> None:
-    """Apply the window's stored, not yet applied events, oldest first, a chunk at a time."""
+    """Apply the window's stored, not yet applied events, oldest first, through the drain's
+    engine. A web worker's drain may take some of them meanwhile: SKIP LOCKED lets each
+    event be applied by one of the two, once."""
     while True:
         ids = _next_chunk(conn, run)
         if not ids:
             return
-        for result in iter_replay(conn, ids, rules, trigger="sync"):
+        applied = drain_batch(conn, rules, limit=len(ids), only=ids, trigger="sync")
+        for result in applied:
             report.outcomes[result.outcome.status] += 1
             on_result(result)
-        run.add(events_applied=len(ids))
+        run.add(events_applied=len(applied))
         with conn.transaction():
             sync_runs.save(conn, run)
         progress(APPLY, run.counts.get("events_applied", 0))

@@ -59,20 +59,36 @@ select e.id, e.payload, e.received_at, extract(epoch from now() - e.received_at)
   from webhook_private.events e
  where e.status = 'received' and e.payload is not null
  order by e.received_at, e.id
- limit %s
+ limit %(limit)s
+   for no key update skip locked
+"""
+
+# Chosen events (a catch-up's), in the order Stripe created them.
+_CLAIM_ONLY = """
+select e.id, e.payload, e.received_at, extract(epoch from now() - e.received_at)
+  from webhook_private.events e
+ where e.id = any(%(only)s::text[]) and e.status = 'received' and e.payload is not null
+ order by e.stripe_created, e.id
+ limit %(limit)s
    for no key update skip locked
 """
 
 
 def drain_batch(
-    conn: psycopg.Connection, rules: ProcessingRules, *, limit: int = BATCH_EVENTS
+    conn: psycopg.Connection,
+    rules: ProcessingRules,
+    *,
+    limit: int = BATCH_EVENTS,
+    only: Sequence[str] | None = None,
+    trigger: str = "delivery",
 ) -> list[Applied]:
     """Claim up to `limit` received events and apply them; [] when none could be.
 
     [] means the queue is empty, or every claimed event's Stripe customer was busy (then
     after a short pause, so a caller that loops does not spin). `conn` must be in
     autocommit mode. A lost connection, a lock or statement timeout, or a deadlock rolls
-    the whole batch back (its events stay queued) and is raised.
+    the whole batch back (its events stay queued) and is raised. `only` restricts the
+    claim to these event ids (a catch-up applying what it stored; `trigger` then names it).
     """
     started = time.perf_counter()
     with conn.transaction():
@@ -82,14 +98,17 @@ def drain_batch(
             " set_config('plan_cache_mode', 'force_custom_plan', true)",
             (f"{rules.lock_timeout_ms}ms", f"{rules.statement_timeout_ms}ms"),
         )
-        rows = conn.execute(_CLAIM, (limit,)).fetchall()
+        query = _CLAIM if only is None else _CLAIM_ONLY
+        rows = conn.execute(
+            query, {"only": list(only) if only is not None else None, "limit": limit}
+        ).fetchall()
         if not rows:
             return []
         waited = {row[0]: float(row[3]) for row in rows}
         results = _apply(conn, rows, rules)
         if results:
             elapsed_ms = (time.perf_counter() - started) * 1000
-            replay_batch.record_outcomes(conn, results, elapsed_ms / len(results), "delivery")
+            replay_batch.record_outcomes(conn, results, elapsed_ms / len(results), trigger)
     if not results:
         time.sleep(DEFERRED_PAUSE_SECONDS)  # every event's customer was busy: let them finish
     return [Applied(r.event_id, r.event_type, r.outcome, waited[r.event_id]) for r in results]

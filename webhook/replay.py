@@ -42,22 +42,27 @@ def check_replayable(conn: psycopg.Connection, event_ids: Iterable[str]) -> dict
     """
     ids = list(dict.fromkeys(event_ids))
     rows = conn.execute(
-        "select id, type, payload is not null, purged_at from webhook_private.events"
+        "select id, type, payload is not null, purged_at, status from webhook_private.events"
         " where id = any(%s)",
         (ids,),
     ).fetchall()
-    found = {event_id: (has_payload, purged_at) for event_id, _, has_payload, purged_at in rows}
+    found = {row[0]: (row[2], row[3], row[4]) for row in rows}
     for event_id in ids:
         if event_id not in found:
             raise UnknownEvent(f"no event {event_id} in the inbox; nothing was replayed")
-        has_payload, purged_at = found[event_id]
+        has_payload, purged_at, status = found[event_id]
+        if status == "received":
+            raise UnknownEvent(
+                f"event {event_id} is queued: the drain applies it (see `python -m webhook"
+                " events --status received`); nothing was replayed"
+            )
         if not has_payload:
             when = f" on {purged_at:%Y-%m-%d}" if purged_at is not None else ""
             raise UnknownEvent(
                 f"the payload of event {event_id} was purged{when}, so it cannot be replayed;"
                 " nothing was replayed"
             )
-    return {event_id: event_type for event_id, event_type, _, _ in rows}
+    return {row[0]: row[1] for row in rows}
 
 
 def replay_event(

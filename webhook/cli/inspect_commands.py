@@ -20,6 +20,8 @@ STATUSES = ("received", "processed", "ignored", "failed")
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 PURGE_BATCH = 5000
+# doctor reports the queue when its oldest event has waited longer than this.
+LAG_WARNING_SECONDS = 60
 
 
 def parse_duration(text: str) -> timedelta:
@@ -275,6 +277,14 @@ def _doctor_database(conn: psycopg.Connection, report: Callable[..., None]) -> N
     ).fetchone()[0]
     report(failed == 0, f"failed events: {failed}",
            "see `python -m webhook events --status failed`, fix the cause, then `python -m webhook replay --failed`")  # fmt: skip
+    queued, lag = conn.execute(
+        "select count(*), coalesce(extract(epoch from now() - min(received_at)), 0)"
+        " from webhook_private.events where status = 'received'"
+    ).fetchone()
+    report(lag <= LAG_WARNING_SECONDS,
+           f"queue: {queued} event(s) waiting, the oldest for {lag:.0f}s",
+           "the drains are behind or not running: check that the web process (or"
+           " `python -m webhook drain`) runs and reaches the database")  # fmt: skip
     stuck, refused = conn.execute(
         "select count(*) filter (where status = 'pending' and requested_at < now() - interval '1 minute'),"
         " count(*) filter (where status = 'failed') from webhook_private.link_requests"

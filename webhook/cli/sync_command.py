@@ -11,8 +11,8 @@ from webhook import catchup
 from webhook.cli import cli
 from webhook.cli.context import database, processing_rules
 from webhook.cli.inspect_commands import DURATION
-from webhook.cli.repair_commands import describe_result
 from webhook.config import load_settings
+from webhook.drain import Applied
 from webhook.errors import ProjectError
 from webhook.reconcile import Change
 from webhook.stripe_client import StripeAPI, default_rate
@@ -28,6 +28,11 @@ PROGRESS_LABELS = {
     catchup.EVENTS: "events listed",
     catchup.APPLY: "events applied",
 }
+
+
+def _describe_applied(applied: Applied) -> str:
+    error = f": {applied.outcome.error}" if applied.outcome.error else ""
+    return f"{applied.event_id} {applied.event_type}: {applied.outcome.status}{error}"
 
 
 class Progress:
@@ -222,7 +227,7 @@ def _catch_up(
         window,
         dry_run=dry_run,
         restart=restart,
-        on_result=lambda result: click.echo(describe_result(result)),
+        on_result=lambda result: click.echo(_describe_applied(result)),
         progress=progress.show,
     )
     progress.end()
