@@ -191,5 +191,30 @@ def catalog_db(postgresql_server) -> Iterator[psycopg.Connection]:
         yield db
 
 
+@pytest.fixture(scope="session")
+def pgbouncer(postgresql_server):
+    """A real PgBouncer in transaction mode in front of the test server (tests/pgbouncer.py)."""
+    import pgbouncer as bouncer
+
+    if bouncer.available() is None:
+        pytest.skip(bouncer.MISSING)
+    server_url = make_conninfo(
+        host=postgresql_server.host,
+        port=postgresql_server.port,
+        user=postgresql_server.user,
+        dbname=postgresql_server.maintenance_dbname,
+        password=postgresql_server.password or None,
+    )
+    running = bouncer.start(server_url)
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def pooled_url(db_url: str, pgbouncer) -> str:
+    """This test's database through PgBouncer (transaction mode)."""
+    return pgbouncer.url(db_url)
+
+
 # Webhook fixtures (app, client, stripe, factory, user) live in their own module.
 pytest_plugins = ["webhook_support"]
