@@ -1,62 +1,40 @@
 """The Flask app: POST /webhook, GET /healthz, GET /readyz, GET /metrics.
 
-The webhook view is thin and has three outcomes: 400 for a request that is not a valid,
-signed, current Stripe event (nothing is written), 200 once the event is durably stored
-(whatever the processing outcome, duplicates and unhandled types included), and 503 when
-the database cannot do its part right now, so that Stripe retries. Nothing answers with a
-traceback.
-
-By default (WEBHOOK_APPLY=queued) storing is all the request does: one insert, no lock
-waited for, no handler; the worker's drain (drain_worker.py) applies the event moments
-later. With WEBHOOK_APPLY=inline the request applies it too, and the 200 carries its
-outcome.
+What a delivery gets is decided in delivery.py: 400 for a request that is not a valid,
+signed, current Stripe event (nothing is written), 200 once the event is durably stored,
+503 when the database cannot do its part right now. POST /webhook is answered by a thin
+WSGI layer in front of Flask (FastWebhook) and, for what that leaves, by the Flask route;
+both call delivery.handle. Nothing answers with a traceback.
 """
 
 import json
 import logging
 import os
-import re
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from webhook import inbox, metrics, migrations
-from webhook.config import Settings, load_settings, use_prepared_statements
+from webhook import delivery, metrics, migrations
+from webhook.config import load_settings, use_prepared_statements
 from webhook.db import resolve_database_url
 from webhook.drain import Applied
 from webhook.drain_worker import DrainWorker
 from webhook.errors import DatabaseUnavailable
-from webhook.logs import configure_event_log, log_applied, log_result
+from webhook.logs import configure_event_log, log_applied
 from webhook.pool import Database
-from webhook.processor import ProcessingRules, process_delivery
-from webhook.signature import SignatureError, SignatureVerifier
-from webhook.stripe_objects import Event, PayloadError, parse_event
+from webhook.processor import ProcessingRules
+from webhook.service import Service
+from webhook.signature import SignatureVerifier
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 MAX_BODY_BYTES = 1024 * 1024
-RETRY_AFTER_SECONDS = "5"
 READINESS_TIMEOUT_SECONDS = 2.0
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Service:
-    """Everything the views need, built once from the settings."""
-
-    settings: Settings
-    verifier: SignatureVerifier
-    database: Database
-    rules: ProcessingRules
-    # Started by the gunicorn config in each worker (see gunicorn_config.post_worker_init).
-    drain: DrainWorker
-
-    def close(self) -> None:
-        """Stop the drain and close the pool (tests; gunicorn's exit handlers otherwise)."""
-        self.drain.stop()
-        self.database.close()
 
 
 def create_app(config: Mapping[str, str] | None = None) -> Flask:
@@ -101,30 +79,19 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     configure_event_log()
     _register_routes(app, service)
     _register_errors(app)
+    app.wsgi_app = FastWebhook(app.wsgi_app, service)  # type: ignore[method-assign]
     return app
 
 
 def _register_routes(app: Flask, service: Service) -> None:
     @app.post("/webhook")
-    def receive_event() -> tuple[Response, int]:
+    def receive_event() -> Response:
+        """What the fast path leaves: too large a body, no Content-Length."""
         if (request.content_length or 0) > MAX_BODY_BYTES:
             _discard_body(request.environ)
-            return _error(413, f"body larger than {MAX_BODY_BYTES} bytes")
+            return _respond(delivery.error(413, f"body larger than {MAX_BODY_BYTES} bytes"))
         payload = request.get_data(cache=False)
-        try:
-            service.verifier.verify(payload, request.headers.get("Stripe-Signature"))
-        except SignatureError as exc:
-            metrics.SIGNATURE_FAILURES.labels(exc.code).inc()
-            return _error(400, str(exc))
-        try:
-            text = payload.decode("utf-8")  # verified above to be UTF-8
-            event = parse_event(_decode_json(text), text)
-        except PayloadError as exc:
-            metrics.SIGNATURE_FAILURES.labels("not_an_event").inc()
-            return _error(400, str(exc))
-        if service.settings.apply_mode == "inline":
-            return _apply_inline(service, event)
-        return _store_queued(service, event)
+        return _respond(delivery.handle(service, payload, request.headers.get("Stripe-Signature")))
 
     @app.get("/metrics")
     def prometheus_metrics() -> Response:
@@ -152,45 +119,6 @@ def _register_routes(app: Flask, service: Service) -> None:
         return jsonify({"status": "ready", "queue_lag_seconds": round(lag, 3)}), 200
 
 
-def _apply_inline(service: Service, event: Event) -> tuple[Response, int]:
-    """WEBHOOK_APPLY=inline: store and apply in the request; 200 means applied."""
-    try:
-        result = service.database.run(lambda conn: process_delivery(conn, event, service.rules))
-    finally:
-        metrics.POOL_IN_USE.set(service.database.in_use())
-    log_result(result)
-    outcome = "duplicate" if result.duplicate else result.outcome.status
-    if not result.duplicate:
-        metrics.RECEIVED.labels(event.type).inc()
-    metrics.EVENTS.labels(event.type, outcome).inc()
-    metrics.PROCESSING_SECONDS.observe(result.duration_ms / 1000)
-    return _received(event, result.outcome.status, result.duplicate)
-
-
-def _store_queued(service: Service, event: Event) -> tuple[Response, int]:
-    """WEBHOOK_APPLY=queued (the default): store the event, wake the drain, answer."""
-    started = time.perf_counter()
-    try:
-        stored = service.database.run(lambda conn: inbox.receive(conn, event))
-    finally:
-        metrics.POOL_IN_USE.set(service.database.in_use())
-    if service.settings.web_drain and not service.drain.running:
-        service.drain.start()  # any WSGI server; gunicorn's config starts it at boot already
-    if stored.new or stored.status == "received":
-        service.drain.wake()
-    if stored.new:
-        metrics.RECEIVED.labels(event.type).inc()
-    else:
-        metrics.EVENTS.labels(event.type, "duplicate").inc()
-    metrics.PROCESSING_SECONDS.observe(time.perf_counter() - started)
-    return _received(event, stored.status, not stored.new)
-
-
-def _received(event: Event, status: str, duplicate: bool) -> tuple[Response, int]:
-    body = {"received": True, "id": event.id, "status": status, "duplicate": duplicate}
-    return jsonify(body), 200
-
-
 def observe_applied(applied: Sequence[Applied]) -> None:
     """What a drain applied: the log line and the metrics of each event."""
     log_applied(applied)
@@ -199,12 +127,8 @@ def observe_applied(applied: Sequence[Applied]) -> None:
 
 def _register_errors(app: Flask) -> None:
     @app.errorhandler(DatabaseUnavailable)
-    def database_unavailable(exc: DatabaseUnavailable) -> tuple[Response, int]:
-        log.warning("database unavailable: %s", exc)
-        metrics.DATABASE_UNAVAILABLE.inc()
-        response, status = _error(503, "database unavailable, retry later")
-        response.headers["Retry-After"] = RETRY_AFTER_SECONDS
-        return response, status
+    def database_unavailable(exc: DatabaseUnavailable) -> Response:
+        return _respond(delivery.database_unavailable(exc))
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[Response, int]:
@@ -237,50 +161,51 @@ def _discard_body(environ: Mapping[str, object]) -> None:
         remaining -= len(chunk)
 
 
-def _decode_json(payload: str) -> object:
-    try:
-        document = json.loads(payload)
-    except (ValueError, RecursionError):
-        raise PayloadError("body is not valid JSON") from None
-    if _MAY_HOLD_UNSTORABLE.search(payload):
-        _check_storable(document)
-    return document
-
-
-# NUL and lone surrogates can only reach a decoded document through these escapes (JSON
-# forbids raw control characters, and the body was decoded as strict UTF-8), so a body
-# without them needs no walk. A match may still be harmless, such as an escaped backslash
-# before "u0000" or a valid surrogate pair: the walk decides.
-_MAY_HOLD_UNSTORABLE = re.compile(r"\\u(?:0000|d[89a-f])", re.IGNORECASE)
-
-
-def _check_storable(value: object) -> None:
-    """Refuse strings PostgreSQL cannot store: NUL characters and lone UTF-16 surrogates.
-
-    Both are valid JSON (as \\u0000 and \\ud800) and Stripe never sends them, but jsonb
-    rejects them, so they get a clear 400 here instead of failing in the database.
-    """
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-        elif isinstance(item, str):
-            if "\x00" in item:
-                raise PayloadError(
-                    "body contains a NUL character (\\u0000), which cannot be stored"
-                )
-            if not item.isascii():
-                try:
-                    item.encode("utf-8")
-                except UnicodeEncodeError:
-                    raise PayloadError(
-                        "body contains a lone UTF-16 surrogate, which cannot be stored"
-                    ) from None
-
-
 def _error(status: int, reason: str) -> tuple[Response, int]:
     return jsonify({"error": reason}), status
+
+
+def _respond(answer: delivery.Answer) -> Response:
+    response = jsonify(answer.body)
+    response.status_code = answer.status
+    response.headers.update(answer.headers)
+    return response
+
+
+class FastWebhook:
+    """WSGI middleware: POST /webhook with a body of known, acceptable size, answered
+    straight from delivery.handle; everything else goes to the Flask app.
+
+    The same decisions as the Flask route (it calls the same function); the framework's
+    request and response machinery is skipped for the one endpoint under load.
+    """
+
+    def __init__(self, app: "WSGIApplication", service: Service) -> None:
+        self.app = app
+        self.service = service
+
+    def __call__(self, environ: "WSGIEnvironment", start_response: "StartResponse"):
+        if environ.get("PATH_INFO") != "/webhook" or environ.get("REQUEST_METHOD") != "POST":
+            return self.app(environ, start_response)
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or "")
+        except ValueError:
+            return self.app(environ, start_response)
+        if not 0 <= length <= MAX_BODY_BYTES:
+            return self.app(environ, start_response)
+        try:
+            payload = environ["wsgi.input"].read(length)
+            answer = delivery.handle(self.service, payload, environ.get("HTTP_STRIPE_SIGNATURE"))
+        except Exception:
+            log.exception("unexpected error")
+            answer = delivery.error(500, "internal error")
+        body = json.dumps(answer.body, separators=(",", ":")).encode()
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        start_response(
+            f"{answer.status} {_REASONS.get(answer.status, '')}",
+            headers + list(answer.headers.items()),
+        )
+        return [body]
+
+
+_REASONS = {200: "OK", 400: "BAD REQUEST", 500: "INTERNAL SERVER ERROR", 503: "SERVICE UNAVAILABLE"}
