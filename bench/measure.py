@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+import psycopg
 
 from bench.workload import SECRET
 
@@ -208,3 +209,72 @@ def rss_mb(processes: list[psutil.Process]) -> list[float]:
         except psutil.NoSuchProcess:
             continue
     return sizes
+
+
+def wait_drained(url: str, timeout: float = 600.0) -> float:
+    """Seconds until no stored event waits to be applied."""
+    started = time.monotonic()
+    with psycopg.connect(url, autocommit=True) as conn:
+        while time.monotonic() - started < timeout:
+            waiting = conn.execute(
+                "select count(*) from webhook_private.events where status = 'received'"
+            ).fetchone()[0]
+            if not waiting:
+                break
+            time.sleep(0.02)
+    return time.monotonic() - started
+
+
+def run_applied(
+    server: Server,
+    url: str,
+    prefix: Path,
+    *,
+    connections: int,
+    seconds: int,
+    postmaster_pid: int | None,
+    delay_ms: float = 0,
+    threads: int = 2,
+) -> dict:
+    """A wrk run, then the wait until the queue is empty: events *applied* per second.
+
+    The rate is the events stored by the run over the time from its first request until
+    the last of them was applied. CPU covers the whole of that, drains included, per event.
+    """
+    with psycopg.connect(url, autocommit=True) as conn:
+        count = "select count(*) from webhook_private.events"
+        before = conn.execute(count).fetchone()[0]
+        started_at = conn.execute("select clock_timestamp()").fetchone()[0]
+        app_before = cpu_seconds(server.processes())
+        pg_before = cpu_seconds(postgres_processes(postmaster_pid))
+        result = run_wrk(server, prefix, connections=connections, seconds=seconds,
+                         postmaster_pid=postmaster_pid, delay_ms=delay_ms,
+                         threads=threads)  # fmt: skip
+        queued = conn.execute(
+            "select count(*) from webhook_private.events where status = 'received'"
+        ).fetchone()[0]
+        tail = wait_drained(url)
+        app_cpu = cpu_seconds(server.processes()) - app_before
+        pg_cpu = cpu_seconds(postgres_processes(postmaster_pid)) - pg_before
+        applied = conn.execute(count).fetchone()[0] - before
+        p50, p99 = conn.execute(
+            "select percentile_cont(0.5) within group (order by d), percentile_cont(0.99)"
+            " within group (order by d) from (select extract(epoch from processed_at -"
+            " received_at) * 1000 as d from webhook_private.events where received_at >= %s"
+            " and processed_at is not null) t",
+            (started_at,),
+        ).fetchone()
+    applied = max(applied, 1)
+    return {
+        **result.__dict__,
+        "rate": result.rate,
+        "applied": applied,
+        "applied_rate": applied / (result.seconds + tail),
+        "tail_seconds": tail,
+        "queued_at_end": queued,
+        "tail_rate": queued / tail if tail > 0.05 else 0.0,
+        "app_cpu_ms": 1000 * app_cpu / applied,
+        "postgres_cpu_ms": 1000 * pg_cpu / applied,
+        "applied_p50_ms": float(p50 or 0),
+        "applied_p99_ms": float(p99 or 0),
+    }

@@ -1,14 +1,18 @@
-"""`make bench`: the webhook's production path under load, against PostgreSQL's own floor.
+"""`make bench`: the webhook's production path under load, against PostgreSQL's own floor
+and against the peer a Supabase user would pick instead, @supabase/stripe-sync-engine.
 
 Phases, each on a freshly seeded database:
-1. 1 000 customers: a concurrency sweep with wrk (throughput, latency, CPU split), the
-   pgbench floor at the app's connection count, then a fixed-rate run at 70% of the best
-   throughput for latency percentiles.
-2. 1 000 000 customers and 1 000 000 old inbox events: the same sweep, to show how the
-   peak moves with data.
+1. 1 000 customers: a concurrency sweep with wrk. Each step measures events *applied* per
+   second, from the first request until the queue is empty, with the CPU each event cost
+   the app (requests and drains) and PostgreSQL; the peer gets the same request file, on
+   its own database on the same server. Then the pgbench floor at the app's connection
+   count, and a fixed-rate run at 70% of the best rate for the latency of the 200s and of
+   received→applied.
+2. 1 000 000 customers and 1 000 000 old inbox events: the same sweep, without the peer.
 3. Memory: worker RSS sampled across a long run (200 000 events by default).
-4. Operator commands: `reconcile` and `replay --failed` over 100 000 rows each.
-5. `sync` of 100 000 subscriptions from the Stripe stand-in at Stripe's rate limit.
+4. A month-start burst: 100 000 renewal-mix events offered at twice the drain rate.
+5. Operator commands: `reconcile` and `replay --failed` over 100 000 rows each.
+6. `sync` of 100 000 subscriptions from the Stripe stand-in at Stripe's rate limit.
 Results go to bench/results/ as results.md, results.json and chart.png.
 """
 
@@ -27,16 +31,21 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import measure, report  # noqa: E402
+from bench import measure, peer, report  # noqa: E402
 from bench.operators import measure_operators  # noqa: E402
 from bench.sync_phase import measure_sync  # noqa: E402
 from bench.workload import Mix, deliveries, seed, write_wrk_files  # noqa: E402
+
+# The comparison with the peer: nine in ten subscription updates, one in ten charges.
+STEADY = Mix(updates=0.9, renewals=0.0)
+# The start of a month: renewals (invoice.paid) and subscription updates, some charges.
+MONTH_START = Mix(updates=0.45, renewals=0.45)
 from webhook import migrations  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 WORK = RESULTS / "work"
 PGBENCH_SCRIPT = WORK / "pgbench_event.sql"
-UNIQUE_EVENTS_PER_SECOND = 1_000
+UNIQUE_EVENTS_PER_SECOND = 2_500
 
 
 def main() -> None:
@@ -55,19 +64,33 @@ def main() -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     _write_pgbench_script()
     admin_url, postmaster_pid = _database()
-    results: dict = {"machine": _machine(), "plan": asdict(plan), "mix": Mix().describe()}
+    results: dict = {
+        "machine": _machine(),
+        "plan": asdict(plan),
+        "mix": STEADY.describe(),
+        "burst_mix": MONTH_START.describe(),
+    }
     started = time.monotonic()
 
+    folder = peer.install(WORK / "peer")
+    results["peer_versions"] = peer.versions(folder)
+    peer_url = _empty_database(admin_url, "webhook_bench_peer")
+    peer.migrate(folder, peer_url)
     small = _fresh_database(admin_url, "webhook_bench_small", plan.small_customers, 0)
     results["small"] = _load_phase(
-        small, postmaster_pid, plan, args, sweep=plan.sweep, label="small"
-    )
+        small, postmaster_pid, plan, args, sweep=plan.sweep, label="small",
+        peer_at=(folder, peer_url),
+    )  # fmt: skip
     large = _fresh_database(admin_url, "webhook_bench_large", plan.large_customers, plan.old_events)
     results["large"] = _load_phase(
         large, postmaster_pid, plan, args, sweep=plan.sweep, label="large", fixed_rate=False
     )
     best = results["small"]["best_connections"]
     results["memory"] = _memory_phase(small, postmaster_pid, plan, args, best)
+    burst = _fresh_database(admin_url, "webhook_bench_burst", plan.small_customers, 0)
+    results["burst"] = _burst_phase(
+        burst, postmaster_pid, plan, args, 2 * results["small"]["best_rate"]
+    )
     ops = _fresh_database(admin_url, "webhook_bench_ops", plan.operator_rows, 0)
     results["operators"] = measure_operators(ops, plan.operator_rows)
     synced = _fresh_database(admin_url, "webhook_bench_sync", plan.sync_subscriptions, 0)
@@ -90,13 +113,13 @@ class Plan:
     def full(cls) -> "Plan":
         return cls(sweep=(1, 2, 4, 8, 16), seconds=12, small_customers=1_000, large_customers=1_000_000,
                    old_events=1_000_000, memory_events=200_000, operator_rows=100_000,
-                   sync_subscriptions=100_000)  # fmt: skip
+                   sync_subscriptions=100_000, burst_events=100_000)  # fmt: skip
 
     @classmethod
     def quick(cls) -> "Plan":
         return cls(sweep=(1, 4, 8), seconds=4, small_customers=1_000, large_customers=20_000,
                    old_events=20_000, memory_events=6_000, operator_rows=2_000,
-                   sync_subscriptions=5_000)  # fmt: skip
+                   sync_subscriptions=5_000, burst_events=5_000)  # fmt: skip
 
 
 def asdict(plan: Plan) -> dict:
@@ -114,6 +137,15 @@ def _database() -> tuple[str, int | None]:
     return server.get_uri(), server.get_pid()
 
 
+def _empty_database(admin_url: str, name: str) -> str:
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'drop database if exists "{name}" with (force)')
+        admin.execute(f'create database "{name}"')
+    params = conninfo_to_dict(admin_url)
+    params["dbname"] = name
+    return make_conninfo(**params)
+
+
 def _fresh_database(admin_url: str, name: str, customers: int, old_events: int) -> str:
     print(f"seeding {name}: {customers:,} customers, {old_events:,} old events", flush=True)
     with psycopg.connect(admin_url, autocommit=True) as admin:
@@ -129,81 +161,150 @@ def _fresh_database(admin_url: str, name: str, customers: int, old_events: int) 
 
 
 def _deliveries_file(
-    name: str, count: int, customers: int, seed_value: int, threads: int = 2
+    name: str, count: int, customers: int, seed_value: int, threads: int = 2, mix: Mix = STEADY
 ) -> Path:
-    """Pre-signed deliveries for one wrk run, one file per wrk thread."""
+    """Deliveries for one wrk run, signed now, one file per wrk thread."""
     prefix = WORK / name
-    write_wrk_files(prefix, deliveries(count, customers, seed_value=seed_value), threads=threads)
+    items = deliveries(count, customers, seed_value=seed_value, mix=mix)
+    write_wrk_files(prefix, items, threads=threads)
     return prefix
 
 
 def _load_phase(
-    url: str, postmaster_pid, plan: Plan, args, *, sweep, label: str, fixed_rate: bool = True
+    url: str,
+    postmaster_pid,
+    plan: Plan,
+    args,
+    *,
+    sweep,
+    label: str,
+    fixed_rate: bool = True,
+    peer_at: tuple[Path, str] | None = None,
 ) -> dict:
     customers = plan.small_customers if label == "small" else plan.large_customers
     server = measure.Server(url, args.workers, WORK / f"gunicorn-{label}.log", args.pool)
-    runs = []
+    rival = (
+        peer.PeerServer(peer_at[0], peer_at[1], args.workers, args.pool, WORK / "peer.log")
+        if peer_at
+        else None
+    )
+    runs, peer_runs = [], []
     try:
         for index, connections in enumerate(sweep):
-            # Enough unique events for ~1 000 events/s (above anything measured on 2 cores);
-            # a much larger file only makes wrk burn CPU parsing it while it is measured.
+            # Enough unique events for the fastest rate seen on 2 cores, with room; a much
+            # larger file only makes wrk burn CPU parsing it while it is measured.
             budget = int(UNIQUE_EVENTS_PER_SECOND * plan.seconds * 1.3)
             threads = min(2, connections)
             prefix = _deliveries_file(
                 f"{label}-c{connections}", budget, customers, 100 * index + 7, threads
             )
-            result = measure.run_wrk(server, prefix, connections=connections, seconds=plan.seconds,
-                                     postmaster_pid=postmaster_pid, threads=threads)  # fmt: skip
-            _check_budget(result, budget)
-            runs.append(asdict_result(result))
-            print(
-                f"{label}: {connections} connections -> {result.rate:.0f} events/s, p99 {result.p99_ms:.1f} ms",
-                flush=True,
+            run = measure.run_applied(server, url, prefix, connections=connections,
+                                      seconds=plan.seconds, postmaster_pid=postmaster_pid,
+                                      threads=threads)  # fmt: skip
+            runs.append(run)
+            line = (
+                f"{label}: {connections} connections -> {run['applied_rate']:.0f} applied/s"
+                f" ({run['rate']:.0f} answered/s, p99 {run['p99_ms']:.1f} ms)"
             )
-        best = max(runs, key=lambda r: r["rate"])
+            if rival is not None:  # the same file: the peer's database is its own
+                theirs = measure.run_wrk(rival, prefix, connections=connections,
+                                         seconds=plan.seconds, postmaster_pid=postmaster_pid,
+                                         threads=threads)  # fmt: skip
+                peer_runs.append(asdict_result(theirs))
+                line += f"; peer {theirs.rate:.0f}/s (p99 {theirs.p99_ms:.1f} ms)"
+            print(line, flush=True)
+        best = max(runs, key=lambda r: r["applied_rate"])
         phase = {
             "customers": customers,
             "runs": runs,
             "best_connections": best["connections"],
-            "best_rate": best["rate"],
+            "best_rate": best["applied_rate"],
         }
+        if peer_runs:
+            peer_best = max(peer_runs, key=lambda r: r["rate"])
+            phase["peer_runs"] = peer_runs
+            phase["peer_best_rate"] = peer_best["rate"]
+            phase["peer_best_connections"] = peer_best["connections"]
+            phase["peer_speedup"] = best["applied_rate"] / peer_best["rate"]
+            phase["peer_rows"] = peer.applied(peer_at[1]) if peer_at else 0
         if fixed_rate:
-            target = 0.7 * best["rate"]
-            connections = _pacing_connections(runs, target)
-            delay = _calibrate_delay(
-                server, postmaster_pid, customers, connections, target, best["p50_ms"]
-            )
-            prefix = _deliveries_file(
-                f"{label}-fixed", int(target * plan.seconds * 1.5) + 1000, customers, seed_value=991
-            )
-            fixed = measure.run_wrk(server, prefix, connections=connections, seconds=plan.seconds,
-                                    postmaster_pid=postmaster_pid, delay_ms=delay)  # fmt: skip
-            if abs(fixed.rate - target) > 0.1 * target:  # the short trials were off: once more
-                delay = _corrected_delay(connections, target, fixed.rate, delay)
-                prefix = _deliveries_file(f"{label}-fixed-again",
-                                          int(target * plan.seconds * 1.5) + 1000, customers,
-                                          seed_value=992)  # fmt: skip
-                fixed = measure.run_wrk(server, prefix, connections=connections,
-                                        seconds=plan.seconds, postmaster_pid=postmaster_pid,
-                                        delay_ms=delay)  # fmt: skip
-            phase["fixed_rate"] = {**asdict_result(fixed), "target_rate": target, "delay_ms": delay}
-            print(
-                f"{label}: fixed rate {fixed.rate:.0f}/s (target {target:.0f}) -> p99 {fixed.p99_ms:.1f} ms",
-                flush=True,
+            phase["fixed_rate"] = _fixed_rate(
+                server, url, postmaster_pid, plan, customers, runs, label
             )
         phase["worker_rss_mb"] = measure.rss_mb(server.workers())
     finally:
         server.stop()
+        if rival is not None:
+            rival.stop()
     pool_total = args.workers * args.pool
     phase["pgbench_connections"] = pool_total
     phase["pgbench_tps"] = measure.run_pgbench(url, PGBENCH_SCRIPT, connections=pool_total,
                                                seconds=plan.seconds, customers=customers)  # fmt: skip
     phase["ratio"] = phase["best_rate"] / phase["pgbench_tps"]
     print(
-        f"{label}: pgbench floor {phase['pgbench_tps']:.0f} tps; ratio {phase['ratio']:.2f}",
+        f"{label}: pgbench floor {phase['pgbench_tps']:.0f} tps; ratio {phase['ratio']:.2f}"
+        + (f"; {phase['peer_speedup']:.2f} x the peer" if "peer_speedup" in phase else ""),
         flush=True,
     )
     return phase
+
+
+def _fixed_rate(server, url, postmaster_pid, plan, customers, runs, label) -> dict:
+    """70% of the best applied rate, paced: latency of the 200s and of received→applied."""
+    best = max(runs, key=lambda r: r["applied_rate"])
+    target = 0.7 * best["applied_rate"]
+    connections = _pacing_connections(runs, target)
+    delay = _calibrate_delay(server, postmaster_pid, customers, connections, target, best["p50_ms"])
+    prefix = _deliveries_file(
+        f"{label}-fixed", int(target * plan.seconds * 1.5) + 1000, customers, seed_value=991
+    )
+    fixed = measure.run_applied(server, url, prefix, connections=connections, seconds=plan.seconds,
+                                postmaster_pid=postmaster_pid, delay_ms=delay)  # fmt: skip
+    if abs(fixed["rate"] - target) > 0.1 * target:  # the short trials were off: once more
+        delay = _corrected_delay(connections, target, fixed["rate"], delay)
+        prefix = _deliveries_file(f"{label}-fixed-again", int(target * plan.seconds * 1.5) + 1000,
+                                  customers, seed_value=992)  # fmt: skip
+        fixed = measure.run_applied(server, url, prefix, connections=connections,
+                                    seconds=plan.seconds, postmaster_pid=postmaster_pid,
+                                    delay_ms=delay)  # fmt: skip
+    print(
+        f"{label}: fixed rate {fixed['rate']:.0f}/s (target {target:.0f}) -> p99 {fixed['p99_ms']:.1f} ms,"
+        f" received->applied p99 {fixed['applied_p99_ms']:.0f} ms",
+        flush=True,
+    )
+    return {**fixed, "target_rate": target, "delay_ms": delay}
+
+
+def _burst_phase(url: str, postmaster_pid, plan: Plan, args, offered_rate: float) -> dict:
+    """A month-start burst: `burst_events` renewal-mix events offered at `offered_rate`.
+
+    Every request must be answered 200 quickly while the queue grows; afterwards the queue
+    must drain at no less than the steady rate, with worker memory flat.
+    """
+    server = measure.Server(url, args.workers, WORK / "gunicorn-burst.log", args.pool)
+    try:
+        connections = 16
+        seconds = max(2, round(plan.burst_events / offered_rate))
+        delay = _calibrate_delay(server, postmaster_pid, plan.small_customers, connections,
+                                 offered_rate, 5.0)  # fmt: skip
+        measure.wait_drained(url)
+        prefix = _deliveries_file("burst", int(plan.burst_events * 1.2), plan.small_customers,
+                                  seed_value=777, mix=MONTH_START)  # fmt: skip
+        rss_before = measure.rss_mb(server.workers())
+        run = measure.run_applied(server, url, prefix, connections=connections, seconds=seconds,
+                                  postmaster_pid=postmaster_pid, delay_ms=delay)  # fmt: skip
+        rss_after = measure.rss_mb(server.workers())
+    finally:
+        server.stop()
+    result = {**run, "offered_rate": offered_rate, "rss_before_mb": rss_before,
+              "rss_after_mb": rss_after}  # fmt: skip
+    print(
+        f"burst: {run['requests']:,} events answered at {run['rate']:.0f}/s (offered"
+        f" {offered_rate:.0f}/s), p99 {run['p99_ms']:.1f} ms, {run['non_2xx']} not 200;"
+        f" queue {run['queued_at_end']:,} at the end, drained at {run['tail_rate']:.0f}/s",
+        flush=True,
+    )
+    return result
 
 
 def _pacing_connections(runs: list[dict], target: float) -> int:
@@ -290,13 +391,6 @@ def _write_pgbench_script() -> None:
         "UPDATE public.customer SET plan_id = :p WHERE uuid = md5('bench-' || :c)::uuid;\n"
         "COMMIT;\n"
     )
-
-
-def _check_budget(result: measure.LoadResult, budget: int) -> None:
-    if result.requests > budget:
-        print(
-            f"warning: {result.requests} requests but only {budget} unique events; the rest were duplicates"
-        )
 
 
 def asdict_result(result: measure.LoadResult) -> dict:
