@@ -32,7 +32,10 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 0.25
 MAX_BACKOFF_SECONDS = 30.0
 LINK_REQUESTS_PER_CYCLE = 100
-KNOWN_EVENTS_LIMIT = 10_000
+# Parsed events kept for this process's drain: at most this many, for at most this long
+# (another process's drain may take an event; its entry must not outlive that).
+KNOWN_EVENTS_LIMIT = 2_000
+KNOWN_EVENTS_SECONDS = 5.0
 # After a wake-up, how long to let more deliveries arrive before claiming a batch.
 GATHER_SECONDS = 0.025
 
@@ -64,7 +67,8 @@ class DrainWorker:
         self._starting = threading.Lock()
         self._last_warning: str | None = None
         # Events this process stored and parsed, until its drain applies them (bounded).
-        self._known: dict[str, Event] = {}
+        self._known: dict[str, Event] = {}  # insertion order: oldest first
+        self._known_since: dict[str, float] = {}
 
     # -- control --------------------------------------------------------------------------
 
@@ -88,6 +92,7 @@ class DrainWorker:
         """
         if event is not None and len(self._known) < KNOWN_EVENTS_LIMIT:
             self._known[event.id] = event
+            self._known_since[event.id] = time.monotonic()
         self._wake.set()
 
     def request_stop(self) -> None:
@@ -182,9 +187,18 @@ class DrainWorker:
         applied = drain_batch(conn, self._rules, limit=self._batch_size, known=self._known)
         for event in applied:
             self._known.pop(event.event_id, None)
-        if len(self._known) >= KNOWN_EVENTS_LIMIT:
-            self._known.clear()  # taken by other drains meanwhile: their payloads suffice
+            self._known_since.pop(event.event_id, None)
+        self._forget_old()
         return applied
+
+    def _forget_old(self) -> None:
+        """Drop parsed events older than KNOWN_EVENTS_SECONDS: other drains took them."""
+        cutoff = time.monotonic() - KNOWN_EVENTS_SECONDS
+        for event_id in list(self._known_since):
+            if self._known_since.get(event_id, cutoff) >= cutoff:
+                break  # the rest are newer
+            self._known_since.pop(event_id, None)
+            self._known.pop(event_id, None)
 
     # -- connection -----------------------------------------------------------------------
 
