@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,6 +109,43 @@ def cpu_seconds(processes: list[psutil.Process]) -> float:
     return total
 
 
+class CpuTracker:
+    """CPU seconds used by a changing set of processes since start(), sampled as it goes.
+
+    A plain before/after sum over PostgreSQL's processes goes wrong when backends exit
+    meanwhile (a pool closing idle connections takes their whole lifetime's CPU out of
+    the sum). Sampling keeps, per process, the first and the last times seen; a process
+    born after start() counts from zero.
+    """
+
+    def __init__(self, processes: Callable[[], list[psutil.Process]]) -> None:
+        self._processes = processes
+        self._first: dict[tuple[int, float], float] = {}
+        self._last: dict[tuple[int, float], float] = {}
+        self._started = time.time()
+
+    def start(self) -> "CpuTracker":
+        self._started = time.time()
+        self.sample(initial=True)
+        return self
+
+    def sample(self, *, initial: bool = False) -> None:
+        for process in self._processes():
+            try:
+                key = (process.pid, process.create_time())
+                times = process.cpu_times()
+            except psutil.Error:
+                continue
+            used = times.user + times.system
+            if key not in self._first:
+                self._first[key] = used if initial or key[1] < self._started else 0.0
+            self._last[key] = used
+
+    def seconds(self) -> float:
+        self.sample()
+        return sum(self._last[key] - self._first[key] for key in self._last)
+
+
 def postgres_processes(postmaster_pid: int | None) -> list[psutil.Process]:
     if postmaster_pid is None:
         return []
@@ -148,20 +186,25 @@ def run_wrk(
     postmaster_pid: int | None,
     delay_ms: float = 0,
     threads: int = 2,
+    once: bool = False,
 ) -> LoadResult:
-    """Drive the server with wrk; return throughput, latency and where the CPU went."""
+    """Drive the server with wrk; return throughput, latency and where the CPU went.
+
+    With `once`, each wrk thread stops when its share of the file is sent."""
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed (make bench installs it with apt-get)")
-    app, pg = server.processes(), postgres_processes(postmaster_pid)
-    app_before, pg_before = cpu_seconds(app), cpu_seconds(pg)
+    app = CpuTracker(server.processes).start()
+    pg = CpuTracker(lambda: postgres_processes(postmaster_pid)).start()
     command = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s",
                "-s", str(LUA), f"{server.url}/webhook", "--", str(prefix)]  # fmt: skip
-    env = {**os.environ, "WRK_DELAY_MS": f"{delay_ms:.3f}"}
+    env = {**os.environ, "WRK_DELAY_MS": f"{delay_ms:.3f}", "WRK_ONCE": "1" if once else "0"}
     process = psutil.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     wrk_cpu = 0.0
     while process.poll() is None:
         with contextlib.suppress(psutil.Error):
             wrk_cpu = cpu_seconds([process])
+        app.sample()
+        pg.sample()
         time.sleep(0.5)
     output = process.stdout.read().decode()
     match = re.search(r"^BENCH (\{.*\})$", output, re.M)
@@ -177,8 +220,8 @@ def run_wrk(
         p50_ms=numbers["p50_us"] / 1000,
         p95_ms=numbers["p95_us"] / 1000,
         p99_ms=numbers["p99_us"] / 1000,
-        app_cpu=cpu_seconds(server.processes()) - app_before,
-        postgres_cpu=cpu_seconds(postgres_processes(postmaster_pid)) - pg_before,
+        app_cpu=app.seconds(),
+        postgres_cpu=pg.seconds(),
         wrk_cpu=wrk_cpu,
     )
 
@@ -211,8 +254,8 @@ def rss_mb(processes: list[psutil.Process]) -> list[float]:
     return sizes
 
 
-def wait_drained(url: str, timeout: float = 600.0) -> float:
-    """Seconds until no stored event waits to be applied."""
+def wait_drained(url: str, timeout: float = 600.0, sample: tuple = ()) -> float:
+    """Seconds until no stored event waits to be applied (sampling the CPU trackers)."""
     started = time.monotonic()
     with psycopg.connect(url, autocommit=True) as conn:
         while time.monotonic() - started < timeout:
@@ -221,7 +264,9 @@ def wait_drained(url: str, timeout: float = 600.0) -> float:
             ).fetchone()[0]
             if not waiting:
                 break
-            time.sleep(0.02)
+            for tracker in sample:
+                tracker.sample()
+            time.sleep(0.05)
     return time.monotonic() - started
 
 
@@ -235,6 +280,7 @@ def run_applied(
     postmaster_pid: int | None,
     delay_ms: float = 0,
     threads: int = 2,
+    once: bool = False,
 ) -> dict:
     """A wrk run, then the wait until the queue is empty: events *applied* per second.
 
@@ -245,22 +291,22 @@ def run_applied(
         count = "select count(*) from webhook_private.events"
         before = conn.execute(count).fetchone()[0]
         started_at = conn.execute("select clock_timestamp()").fetchone()[0]
-        app_before = cpu_seconds(server.processes())
-        pg_before = cpu_seconds(postgres_processes(postmaster_pid))
+        app = CpuTracker(server.processes).start()
+        pg = CpuTracker(lambda: postgres_processes(postmaster_pid)).start()
         result = run_wrk(server, prefix, connections=connections, seconds=seconds,
                          postmaster_pid=postmaster_pid, delay_ms=delay_ms,
-                         threads=threads)  # fmt: skip
+                         threads=threads, once=once)  # fmt: skip
         queued = conn.execute(
             "select count(*) from webhook_private.events where status = 'received'"
         ).fetchone()[0]
-        tail = wait_drained(url)
-        app_cpu = cpu_seconds(server.processes()) - app_before
-        pg_cpu = cpu_seconds(postgres_processes(postmaster_pid)) - pg_before
+        tail = wait_drained(url, sample=(app, pg))
+        app_cpu, pg_cpu = app.seconds(), pg.seconds()
         applied = conn.execute(count).fetchone()[0] - before
-        p50, p99 = conn.execute(
+        p50, p99, span = conn.execute(
             "select percentile_cont(0.5) within group (order by d), percentile_cont(0.99)"
-            " within group (order by d) from (select extract(epoch from processed_at -"
-            " received_at) * 1000 as d from webhook_private.events where received_at >= %s"
+            " within group (order by d), extract(epoch from max(r) - min(r))"
+            " from (select extract(epoch from processed_at - received_at) * 1000 as d,"
+            " received_at as r from webhook_private.events where received_at >= %s"
             " and processed_at is not null) t",
             (started_at,),
         ).fetchone()
@@ -277,4 +323,6 @@ def run_applied(
         "postgres_cpu_ms": 1000 * pg_cpu / applied,
         "applied_p50_ms": float(p50 or 0),
         "applied_p99_ms": float(p99 or 0),
+        # Stored per second between the first and the last event stored (server side).
+        "stored_rate": applied / float(span) if span else 0.0,
     }

@@ -16,6 +16,8 @@ end
 local requests = {}
 local position = 0
 local delay_ms = tonumber(os.getenv("WRK_DELAY_MS") or "0")
+-- WRK_ONCE=1: stop this thread when its file is used up, instead of repeating it.
+local once = os.getenv("WRK_ONCE") == "1"
 
 function init(args)
   local path = args[1] .. "." .. tid
@@ -31,7 +33,12 @@ end
 function request()
   position = position + 1
   if position > #requests then
-    position = 1 -- ran out: repeats are duplicates, and run.py reports that it happened
+    if once then
+      wrk.thread:stop()
+      position = #requests
+    else
+      position = 1 -- ran out: repeats are duplicates
+    end
   end
   return requests[position]
 end

@@ -486,6 +486,21 @@ def test_customer_metadata_links(conn, plans, user, stripe, factory) -> None:
     assert customer_state(conn, user)["stripe_customer_id"] == "cus_5"
 
 
+@pytest.mark.parametrize("link_first", [True, False])
+def test_customer_metadata_links_before_or_after_the_subscription(
+    conn, plans, user, stripe, factory, link_first
+) -> None:
+    link = factory.customer(
+        "customer.updated", customer_id="cus_5", metadata={"customer_uuid": str(user)}
+    )
+    subscription = factory.subscription(
+        "customer.subscription.created", sub_id="sub_5", customer="cus_5", status="active",
+        price_ids=["price_pro"],
+    )  # fmt: skip
+    stripe.send_all([link, subscription] if link_first else [subscription, link])
+    assert customer_state(conn, user)["plan_id"] == plans["Pro"]
+
+
 def test_a_customer_without_metadata_is_ignored(conn, stripe, factory) -> None:
     delivery = factory.customer("customer.updated", customer_id="cus_5")
     stripe.send_all([delivery])
