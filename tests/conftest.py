@@ -191,6 +191,18 @@ def catalog_db(postgresql_server) -> Iterator[psycopg.Connection]:
         yield db
 
 
+@pytest.fixture
+def twin(postgresql_server) -> Iterator[psycopg.Connection]:
+    """A second database migrated like the test's own, to compare two ways of applying."""
+    with (
+        scratch_database(
+            postgresql_server, template=postgresql_server.template_dbname, label="twin"
+        ) as url,
+        psycopg.connect(url, autocommit=True) as db,
+    ):
+        yield db
+
+
 @pytest.fixture(scope="session")
 def pgbouncer(postgresql_server):
     """A real PgBouncer in transaction mode in front of the test server (tests/pgbouncer.py)."""

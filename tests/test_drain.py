@@ -8,12 +8,10 @@ Stripe's order, inline. Every row the processor owns must be equal.
 import random
 import threading
 from collections import Counter
-from collections.abc import Iterator
 
 import psycopg
 import pytest
 from click.testing import CliRunner
-from databases import scratch_database
 from stripe_events import MONTH, Delivery, EventFactory
 from test_replay_batch import USERS, owned_rows
 
@@ -32,17 +30,6 @@ values ('Basic', 9.99, '{"api_calls": 1000}', 'price_basic', null),
        ('Pro', 19.99, '{"api_calls": 5000}', 'price_pro', 'prod_pro'),
        ('Enterprise', 49.99, '{"api_calls": 20000}', 'price_enterprise', null)
 """
-
-
-@pytest.fixture
-def twin(postgresql_server) -> Iterator[psycopg.Connection]:
-    with (
-        scratch_database(
-            postgresql_server, template=postgresql_server.template_dbname, label="twin"
-        ) as url,
-        psycopg.connect(url, autocommit=True) as conn,
-    ):
-        yield conn
 
 
 def setup(conn: psycopg.Connection) -> None:

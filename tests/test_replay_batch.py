@@ -12,12 +12,10 @@ import json
 import random
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
-from databases import scratch_database
 from stripe_events import API_VERSIONS, MONTH, Delivery, EventFactory
 
 from webhook import replay, replay_batch
@@ -54,17 +52,6 @@ SUBSCRIPTION_TYPES = [
     "customer.subscription.paused",
     "customer.subscription.resumed",
 ]
-
-
-@pytest.fixture
-def twin(postgresql_server) -> Iterator[psycopg.Connection]:
-    """A second database, migrated like the test's own."""
-    template = postgresql_server.template_dbname
-    with (
-        scratch_database(postgresql_server, template=template, label="twin") as url,
-        psycopg.connect(url, autocommit=True) as conn,
-    ):
-        yield conn
 
 
 def history(seed: int, *, team_last: bool = False) -> list[Delivery]:

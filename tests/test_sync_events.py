@@ -9,12 +9,10 @@ where delivering everything in order would have ended.
 import random
 import time
 import uuid
-from collections.abc import Iterator
 
 import psycopg
 import pytest
 from click.testing import CliRunner, Result
-from databases import scratch_database
 from stripe_events import ENDIVE_API, MONTH, OLD_API, Delivery, EventFactory
 from stripe_standin import API_KEY, StripeStandIn
 from webhook_support import StripeSender, build_app, outcome_rows
@@ -33,18 +31,6 @@ values ('Basic', 9.99, '{"api_calls": 1000}', 'price_basic', 'prod_basic'),
        ('Pro', 19.99, '{"api_calls": 5000}', 'price_pro', 'prod_pro'),
        ('Enterprise', 49.99, '{"api_calls": 20000}', 'price_enterprise', 'prod_enterprise')
 """
-
-
-@pytest.fixture
-def twin(postgresql_server) -> Iterator[psycopg.Connection]:
-    """A second migrated database, for the in-order result."""
-    with (
-        scratch_database(
-            postgresql_server, template=postgresql_server.template_dbname, label="twin"
-        ) as url,
-        psycopg.connect(url, autocommit=True) as conn,
-    ):
-        yield conn
 
 
 def prepare(conn: psycopg.Connection) -> None:

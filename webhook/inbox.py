@@ -51,13 +51,7 @@ def store(
         returning e.status
         """,
         {
-            "id": event.id,
-            "type": event.type,
-            "api_version": event.api_version,
-            "livemode": event.livemode,
-            "created": timestamp(event.created),
-            "object_id": event.object_id,
-            "payload": event.text if event.text is not None else json.dumps(event.raw),
+            **_row(event),
             "lock": f"{lock_timeout_ms}ms",
             "statement": f"{statement_timeout_ms}ms",
             "source": f"stripe:{event.id}",
