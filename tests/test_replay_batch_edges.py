@@ -22,7 +22,7 @@ T0 = 1_790_000_000
 U1, U2 = USERS[0], USERS[1]
 UPDATED = "customer.subscription.updated"
 Setup = Callable[[psycopg.Connection], None]
-twin, batched_events = base.twin, base.batched_events  # fixtures, used by name
+batched_events = base.batched_events  # a fixture, used by name
 
 
 def link(factory: EventFactory, stripe_id: str, owner) -> Delivery:
