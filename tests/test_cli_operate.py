@@ -541,3 +541,32 @@ def test_db_prepared_statements_is_checked_by_every_command(db_url) -> None:
     line = fails(run(db_url, "events", env={"DB_PREPARED_STATEMENTS": "maybe"}))
     assert "DB_PREPARED_STATEMENTS must be on, off or auto" in line
     succeeds(run(db_url, "reconcile", env={"DB_PREPARED_STATEMENTS": "off"}))
+
+
+def test_replay_workers_out_of_range_is_a_usage_error(db_url) -> None:
+    line = fails(run(db_url, "replay", "--failed", "--workers", "0"), code=2)
+    assert "--workers" in line
+
+
+def test_replay_failed_on_two_workers_applies_every_event(conn, db_url, monkeypatch) -> None:
+    """Small batches, so that a short backlog takes the parallel path through the command."""
+    from test_replay_batch import add_team_plan, history, prepare
+
+    from webhook import replay as replay_module
+
+    monkeypatch.setattr(replay_module, "BATCH_EVENTS", 3)
+    deliveries = history(1)
+    prepare(conn, deliveries, backlog=True)
+    add_team_plan(conn)
+    backlog = conn.execute(
+        "select count(*) from webhook_private.events where error = 'backlog'"
+    ).fetchone()[0]
+
+    output = succeeds(run(db_url, "replay", "--failed", "--workers", "2"))
+
+    assert output.splitlines()[-1].startswith(f"replayed {backlog} event(s), ")
+    assert conn.execute(
+        "select count(*) filter (where error = 'backlog' or status = 'received'),"
+        " count(*) filter (where attempts = 1 and error is distinct from 'backlog')"
+        " from webhook_private.events where not type like 'checkout.%'"
+    ).fetchone() == (0, backlog)

@@ -13,13 +13,12 @@ drain applies the event moments later. With WEBHOOK_APPLY=inline the request app
 too, and the 200 carries its outcome.
 """
 
-import json
 import logging
 import re
 import time
 from dataclasses import dataclass, field
 
-from webhook import inbox, metrics
+from webhook import inbox, json_decode, metrics
 from webhook.errors import DatabaseUnavailable
 from webhook.logs import log_result
 from webhook.processor import process_delivery
@@ -108,7 +107,7 @@ def _received(event: Event, status: str, duplicate: bool) -> Answer:
 
 def decode_json(payload: str) -> object:
     try:
-        document = json.loads(payload)
+        document = json_decode.loads(payload)
     except (ValueError, RecursionError):
         raise PayloadError("body is not valid JSON") from None
     if _MAY_HOLD_UNSTORABLE.search(payload):

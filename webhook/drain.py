@@ -22,7 +22,6 @@ Events in one batch are applied in an order of the drain's choosing: the mirror,
 and the resets are order-safe, so the result is the one any delivery order gives.
 """
 
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -31,7 +30,7 @@ from datetime import datetime
 
 import psycopg
 
-from webhook import replay_batch
+from webhook import json_decode, replay_batch
 from webhook.handlers import HANDLERS
 from webhook.handlers.base import Outcome
 from webhook.processor import ProcessingRules, as_failure, run_handler
@@ -187,7 +186,7 @@ def _apply(
 
 def _decoded(payload: str) -> object:
     try:
-        return json.loads(payload)
+        return json_decode.loads(payload)
     except ValueError:
         return None  # parse_event then says it is not an event
 

@@ -9,15 +9,20 @@ mirror back to an older state.
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import psycopg
 
-from webhook import inbox
+from webhook import inbox, replay_parallel
 from webhook.errors import ProjectError
 from webhook.processor import ProcessingRules, as_failure, run_handler
 from webhook.replay_batch import BATCH_EVENTS, SUBSCRIPTION_TYPES, replay_subscription_run
 from webhook.replay_result import ReplayResult
 from webhook.stripe_objects import Event, PayloadError, parse_event
+
+DEADLOCK_ATTEMPTS = 3
+_T = TypeVar("_T")
 
 
 class UnknownEvent(ProjectError):
@@ -34,16 +39,25 @@ def failed_event_ids(conn: psycopg.Connection, event_type: str | None = None) ->
     return [row[0] for row in rows]
 
 
-def check_replayable(conn: psycopg.Connection, event_ids: Iterable[str]) -> dict[str, str]:
-    """Each event's type; raise UnknownEvent for the first id not in the inbox or purged.
+@dataclass(frozen=True)
+class Replayable:
+    """What a replay needs to know of a stored event before reading its payload."""
+
+    type: str
+    object_id: str | None
+
+
+def check_replayable(conn: psycopg.Connection, event_ids: Iterable[str]) -> dict[str, Replayable]:
+    """Each event's type and object; raise UnknownEvent for the first id not in the inbox
+    or purged.
 
     Called before anything is applied, so that `replay A B` with a mistyped B replays
     neither, instead of committing A and then stopping without having reported it.
     """
     ids = list(dict.fromkeys(event_ids))
     rows = conn.execute(
-        "select id, type, payload is not null, purged_at, status from webhook_private.events"
-        " where id = any(%s)",
+        "select id, type, payload is not null, purged_at, status, object_id"
+        " from webhook_private.events where id = any(%s)",
         (ids,),
     ).fetchall()
     found = {row[0]: (row[2], row[3], row[4]) for row in rows}
@@ -62,7 +76,7 @@ def check_replayable(conn: psycopg.Connection, event_ids: Iterable[str]) -> dict
                 f"the payload of event {event_id} was purged{when}, so it cannot be replayed;"
                 " nothing was replayed"
             )
-    return {row[0]: row[1] for row in rows}
+    return {row[0]: Replayable(row[1], row[5]) for row in rows}
 
 
 def replay_event(
@@ -145,6 +159,8 @@ def iter_replay(
     dry_run: bool = False,
     progress: Callable[[int, int], None] = lambda _done, _total: None,
     trigger: str = "replay",
+    connect: Callable[[], psycopg.Connection] | None = None,
+    workers: int = 1,
 ) -> Iterator[ReplayResult]:
     """Replay the events in the order given, yielding each result once it is committed.
 
@@ -154,34 +170,84 @@ def iter_replay(
     shows each batch's effect on its own. Every id is checked before anything is applied.
     Yielding as it goes keeps a replay of 100 000 events from holding (and the garbage
     collector from walking) 100 000 results, and lets the CLI print what is already done.
+
+    With `workers` > 1 and `connect` (which opens an autocommit connection), a replay of
+    more than one batch is split by Stripe object over that many connections (see
+    replay_parallel): each subscription's events still in the order given, the results
+    reported as each batch commits.
     """
     ids = list(event_ids)
-    types = check_replayable(conn, ids)
+    stored = check_replayable(conn, ids)
+    if workers > 1 and connect is not None and len(ids) > BATCH_EVENTS:
+        objects = {event_id: event.object_id for event_id, event in stored.items()}
+        shares = replay_parallel.split_by_object(ids, objects, workers)
+
+        def replay_share(
+            share_conn: psycopg.Connection, share: list[str]
+        ) -> Iterator[list[ReplayResult]]:
+            return _batches(share_conn, share, stored, rules, dry_run, trigger)
+
+        batches = replay_parallel.run_shares(shares, connect, replay_share)
+    else:
+        batches = _batches(conn, ids, stored, rules, dry_run, trigger)
+    done = 0
+    for batch in batches:
+        done += len(batch)
+        yield from batch
+        progress(done, len(ids))
+
+
+def _batches(
+    conn: psycopg.Connection,
+    ids: list[str],
+    stored: dict[str, Replayable],
+    rules: ProcessingRules,
+    dry_run: bool,
+    trigger: str,
+) -> Iterator[list[ReplayResult]]:
+    """The results of `ids` replayed in order, one list per committed transaction or run."""
     done = 0
     while done < len(ids):
-        run = _subscription_run(ids, types, done)
+        run = _subscription_run(ids, stored, done)
         applied = (
-            replay_subscription_run(conn, run, rules, dry_run=dry_run, trigger=trigger)
+            _retried(replay_subscription_run, conn, run, rules, dry_run=dry_run, trigger=trigger)
             if run
             else []
         )
         if applied is None:  # the database refused part of the batch: find which, one by one
             applied = [
-                replay_event(conn, event_id, rules, dry_run=dry_run, trigger=trigger)
+                _retried(replay_event, conn, event_id, rules, dry_run=dry_run, trigger=trigger)
                 for event_id in run
             ]
         elif not applied:
-            applied = [replay_event(conn, ids[done], rules, dry_run=dry_run, trigger=trigger)]
+            applied = [
+                _retried(replay_event, conn, ids[done], rules, dry_run=dry_run, trigger=trigger)
+            ]
         done += len(applied)
-        yield from applied
-        progress(done, len(ids))
+        yield applied
 
 
-def _subscription_run(ids: list[str], types: dict[str, str], start: int) -> list[str]:
+def _retried(apply: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+    """Run one replay transaction, again if PostgreSQL broke a deadlock by rolling it back.
+
+    Only parallel replays meet that (two connections on one customer's rows); the
+    transaction was rolled back whole, so running it again is safe.
+    """
+    for attempt in range(1, DEADLOCK_ATTEMPTS + 1):
+        try:
+            return apply(*args, **kwargs)
+        except psycopg.errors.DeadlockDetected:
+            if attempt == DEADLOCK_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _subscription_run(ids: list[str], stored: dict[str, Replayable], start: int) -> list[str]:
     """The subscription events from `start` on, up to the first other one or BATCH_EVENTS."""
     run: list[str] = []
     for event_id in ids[start : start + BATCH_EVENTS]:
-        if types.get(event_id) not in SUBSCRIPTION_TYPES:
+        event = stored.get(event_id)
+        if event is None or event.type not in SUBSCRIPTION_TYPES:
             break
         run.append(event_id)
     return run

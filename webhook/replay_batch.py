@@ -25,6 +25,7 @@ parse, a subscription whose metadata names a customer (linking has its own rules
 with STRIPE_API_KEY set, a full tie with the stored state (which asks Stripe).
 """
 
+import json
 import logging
 import time
 import uuid
@@ -413,22 +414,29 @@ def _write_plans(conn: psycopg.Connection, writes: list[tuple[uuid.UUID, int | N
 
     The audit trigger reads one source per statement (webhook.source, empty in a batch), so
     the rows this statement wrote are found afterwards, still without a source, and named.
-    (The `= any` repeats the join so that the planner sees how many rows to expect.)
+    Each row's source is looked up in one JSON object keyed by customer rather than joined
+    to a list: the planner expects one audit row from `created_at = now()` and would join
+    a thousand rows to a thousand by nested loop (a million comparisons per batch). The
+    `= any` beside a join to unnest lets the planner see which rows an update touches and
+    use the index, instead of hashing the whole table on every batch.
     """
     customers = [owner for owner, _, _ in writes]
     conn.execute(
         "update public.customer c set plan_id = v.plan_id"
-        " from unnest(%s::uuid[], %s::bigint[]) as v(uuid, plan_id) where c.uuid = v.uuid",
-        (customers, [plan for _, plan, _ in writes]),
+        " from unnest(%s::uuid[], %s::bigint[]) as v(uuid, plan_id)"
+        " where c.uuid = v.uuid and c.uuid = any(%s::uuid[])",
+        (customers, [plan for _, plan, _ in writes], customers),
     )
     conn.execute(
         """
-        update public.audit_logs a set source = v.source
-          from unnest(%s::uuid[], %s::text[]) as v(uuid, source)
-         where a.customer_uuid = v.uuid and a.customer_uuid = any(%s::uuid[])
+        update public.audit_logs a set source = %s::jsonb ->> a.customer_uuid::text
+         where a.customer_uuid = any(%s::uuid[])
            and a.created_at = now() and a.action = 'plan_change' and a.source is null
         """,
-        (customers, [f"stripe:{event_id}" for _, _, event_id in writes], customers),
+        (
+            json.dumps({str(owner): f"stripe:{event_id}" for owner, _, event_id in writes}),
+            customers,
+        ),
     )
 
 
@@ -443,5 +451,5 @@ with outcome as (
 update webhook_private.events e
    set status = o.status, error = o.error, attempts = e.attempts + 1, processed_at = now()
   from outcome o
- where e.id = o.id
+ where e.id = o.id and e.id = any(%(ids)s::text[])
 """

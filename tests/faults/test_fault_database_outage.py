@@ -120,7 +120,8 @@ def test_requests_during_a_database_outage_get_503_and_redelivery_loses_nothing(
     dropped = [(event_id, r) for event_id, r in answered if not isinstance(r, Reply)]
     assert not dropped, f"requests without an answer: {dropped}"
     statuses = sorted({r.status for _, r in answered})
-    assert set(statuses) <= {200, 503}, [(e, r) for e, r in answered if r.status not in (200, 503)]
+    unexpected = [(e, r) for e, r in answered if r.status not in (200, 503)]
+    assert set(statuses) <= {200, 503}, (unexpected, server.process.tail())  # the traceback
     assert while_down, "no delivery was made while the database was down"
     assert [r.status for r in while_down] == [503] * len(while_down), while_down
     unavailable = [r for _, r in answered if r.status == 503]

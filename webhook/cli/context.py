@@ -1,7 +1,7 @@
 """What every command needs from the group: the database, opened the one shared way."""
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import click
@@ -17,14 +17,25 @@ def database_url(ctx: click.Context) -> str:
     return resolve_database_url(ctx.obj.get("database_url"))
 
 
+def connector(ctx: click.Context, *, autocommit: bool = False) -> Callable[[], psycopg.Connection]:
+    """Opens connections for one command, each the one shared way (for parallel workers)."""
+    setting = prepared_statements_setting(os.environ)  # a bad value stops before connecting
+    url = database_url(ctx)
+    prepared = use_prepared_statements(setting, url)
+
+    def open_one() -> psycopg.Connection:
+        conn = connect(url, autocommit=autocommit)
+        if not prepared:
+            conn.prepare_threshold = None
+        return conn
+
+    return open_one
+
+
 @contextmanager
 def database(ctx: click.Context, *, autocommit: bool = False) -> Iterator[psycopg.Connection]:
     """A connection for one command, closed when it finishes."""
-    setting = prepared_statements_setting(os.environ)  # a bad value stops before connecting
-    url = database_url(ctx)
-    conn = connect(url, autocommit=autocommit)
-    if not use_prepared_statements(setting, url):
-        conn.prepare_threshold = None
+    conn = connector(ctx, autocommit=autocommit)()
     try:
         yield conn
     finally:

@@ -5,7 +5,7 @@ from collections.abc import Callable
 import click
 
 from webhook.cli import cli
-from webhook.cli.context import database, processing_rules
+from webhook.cli.context import connector, database, processing_rules
 from webhook.reconcile import reconcile as reconcile_plans
 from webhook.replay import failed_event_ids, iter_replay
 from webhook.replay_result import ReplayResult
@@ -55,6 +55,13 @@ def reconcile(ctx: click.Context, dry_run: bool) -> None:
 @click.option("--failed", "all_failed", is_flag=True, help="Replay every failed event.")
 @click.option("--type", "event_type", default=None, help="With --failed: only this event type.")
 @click.option("--dry-run", is_flag=True, help="Apply, report and roll back.")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 16),
+    default=2,
+    show_default=True,
+    help="Connections a long replay is spread over (split by Stripe object).",
+)
 @click.pass_context
 def replay(
     ctx: click.Context,
@@ -62,6 +69,7 @@ def replay(
     all_failed: bool,
     event_type: str | None,
     dry_run: bool,
+    workers: int,
 ) -> None:
     """Re-apply stored events (EVT_ID... or --failed) through the webhook's own code path."""
     if bool(event_ids) == all_failed:
@@ -73,7 +81,9 @@ def replay(
     with database(ctx, autocommit=True) as conn:
         ids = failed_event_ids(conn, event_type) if all_failed else list(event_ids)
         progress = _progress("replay")
-        for result in iter_replay(conn, ids, rules, dry_run=dry_run, progress=progress):
+        results = iter_replay(conn, ids, rules, dry_run=dry_run, progress=progress,
+                              connect=connector(ctx, autocommit=True), workers=workers)  # fmt: skip
+        for result in results:
             click.echo(describe_result(result))
             replayed += 1
             failed += result.outcome.status == "failed"
