@@ -13,10 +13,13 @@ the queue by itself (its transaction is rolled back). Within the batch:
   decides them in memory with the handler's rules and writes the net result;
 - types without a handler are settled as `ignored` in the same statement that records
   every outcome;
-- the rest (checkout, invoices, customers, catalog, and subscription events the batch
-  engine leaves) go through their handlers one by one, each in a savepoint, so an event
-  that fails, or whose handler raises, is `failed` with its reason and never stops the
-  events behind it.
+- the rest (checkout, failed payments, customers, catalog, and subscription events the
+  batch engine leaves) go through their handlers one by one, each in a savepoint, so an
+  event that fails, or whose handler raises, is `failed` with its reason and never stops
+  the events behind it;
+- paid invoices come last, decided together by renewal_batch with the invoice handler's
+  rule (after the checkouts of the same batch have linked their customers), and go one
+  by one through the handler if the database refuses that batch's writes.
 
 Events in one batch are applied in an order of the drain's choosing: the mirror, the links
 and the resets are order-safe, so the result is the one any delivery order gives.
@@ -30,10 +33,11 @@ from datetime import datetime
 
 import psycopg
 
-from webhook import json_decode, replay_batch
+from webhook import json_decode, renewal_batch, replay_batch
 from webhook.handlers import HANDLERS
 from webhook.handlers.base import Outcome
 from webhook.processor import ProcessingRules, as_failure, run_handler
+from webhook.renewal_batch import Renewal
 from webhook.replay_batch import Candidate
 from webhook.replay_result import ReplayResult
 from webhook.stripe_objects import Event, PayloadError, expandable_id, parse_event
@@ -179,8 +183,17 @@ def _apply(
     done = {r.event_id for r in batched}
     one_by_one.extend(c.event for c in candidates if c.event.id not in done)
     results.extend(_result(e.id, e.type, Outcome.ignored()) for e in ignored)
+    renewals: list[Renewal] = []
     for event in one_by_one:
-        results.append(_apply_one(conn, event, rules))
+        renewal = renewal_batch.renewal_for(event)
+        if renewal is None:
+            results.append(_apply_one(conn, event, rules))
+        else:
+            renewals.append(renewal)
+    renewed = _apply_renewals(conn, renewals)
+    results.extend(renewed)
+    done = {r.event_id for r in renewed}
+    results.extend(_apply_one(conn, r.event, rules) for r in renewals if r.event.id not in done)
     return results
 
 
@@ -211,6 +224,25 @@ def _apply_batch(
     except Exception:
         log.exception(
             "drain: the batch engine failed; applying %d events one by one", len(candidates)
+        )
+        return []
+
+
+def _apply_renewals(conn: psycopg.Connection, renewals: list[Renewal]) -> list[ReplayResult]:
+    """The paid invoices through renewal_batch, in a savepoint; [] if it refuses (then the
+    handlers apply them one by one, as for the batch engine)."""
+    if not renewals:
+        return []
+    try:
+        with conn.transaction():
+            return renewal_batch.apply_renewals(conn, renewals)
+    except psycopg.OperationalError:
+        raise
+    except psycopg.Error:
+        return []
+    except Exception:
+        log.exception(
+            "drain: the renewal batch failed; applying %d events one by one", len(renewals)
         )
         return []
 
