@@ -207,43 +207,40 @@ def _decoded(payload: str) -> object:
 def _apply_batch(
     conn: psycopg.Connection, candidates: list[Candidate], rules: ProcessingRules
 ) -> list[ReplayResult]:
-    """The batch engine over the subscription events, in a savepoint; [] if it refuses.
-
-    A write the database refuses, or a fault of the engine, rolls the savepoint back and
-    leaves every one of these events to the handlers, which find the one that fails.
-    """
-    if not candidates:
-        return []
-    try:
-        with conn.transaction():
-            return replay_batch.apply_candidates(conn, candidates, rules)
-    except psycopg.OperationalError:
-        raise
-    except psycopg.Error:
-        return []
-    except Exception:
-        log.exception(
-            "drain: the batch engine failed; applying %d events one by one", len(candidates)
-        )
-        return []
+    """The batch engine over the subscription events, in a savepoint; [] if it refuses."""
+    return _in_savepoint(
+        conn, "batch engine", len(candidates),
+        lambda: replay_batch.apply_candidates(conn, candidates, rules),
+    )  # fmt: skip
 
 
 def _apply_renewals(conn: psycopg.Connection, renewals: list[Renewal]) -> list[ReplayResult]:
-    """The paid invoices through renewal_batch, in a savepoint; [] if it refuses (then the
-    handlers apply them one by one, as for the batch engine)."""
-    if not renewals:
+    """The paid invoices through renewal_batch, in a savepoint; [] if it refuses."""
+    return _in_savepoint(
+        conn, "renewal batch", len(renewals), lambda: renewal_batch.apply_renewals(conn, renewals)
+    )
+
+
+def _in_savepoint(
+    conn: psycopg.Connection, name: str, count: int, apply: Callable[[], list[ReplayResult]]
+) -> list[ReplayResult]:
+    """Run one of the batch paths in a savepoint; [] when there is nothing or it refuses.
+
+    A write the database refuses, or a fault of the path, rolls the savepoint back and
+    leaves every one of these events to the handlers, which find the one that fails. A
+    lost connection or a timeout is raised: the whole batch goes back to the queue.
+    """
+    if not count:
         return []
     try:
         with conn.transaction():
-            return renewal_batch.apply_renewals(conn, renewals)
+            return apply()
     except psycopg.OperationalError:
         raise
     except psycopg.Error:
         return []
     except Exception:
-        log.exception(
-            "drain: the renewal batch failed; applying %d events one by one", len(renewals)
-        )
+        log.exception("drain: the %s failed; applying %d events one by one", name, count)
         return []
 
 
