@@ -6,7 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from webhook.delivery import decode_json
 from webhook.json_decode import loads
+from webhook.stripe_objects import PayloadError
 
 EDGES = [
     '{"a": 123456789012345678901234567890}',  # beyond 64 bits: orjson would give a float
@@ -30,10 +32,27 @@ def test_edge_cases_decode_as_json_does(text: str) -> None:
         assert repr(loads(data)) == repr(expected)
 
 
-@pytest.mark.parametrize("text", ["{bad", "", "[1,]", "01"])
+@pytest.mark.parametrize("text", ["{bad", "", "[1,]", "01", '\ufeff{"a": 1}'])
 def test_what_json_refuses_is_refused_with_its_error(text: str) -> None:
     with pytest.raises(json.JSONDecodeError):
         loads(text)
+
+
+@pytest.mark.parametrize("text", ['"\ud800"', '{"k": "\udcff"}'])
+def test_a_text_with_a_raw_lone_surrogate_decodes_as_json_does(text: str) -> None:
+    assert loads(text) == json.loads(text)  # it has no UTF-8 form for orjson
+
+
+@pytest.mark.parametrize(
+    "data", [b'\xef\xbb\xbf{"a": 1}', '{"a": "\u00e9"}'.encode("utf-16"), b'"\xed\xa0\x80"']
+)
+def test_bytes_in_other_forms_decode_as_json_does(data: bytes) -> None:
+    assert repr(loads(data)) == repr(json.loads(data))  # a BOM, UTF-16, an encoded surrogate
+
+
+def test_a_body_with_a_byte_order_mark_is_still_not_an_event() -> None:
+    with pytest.raises(PayloadError, match="not valid JSON"):
+        decode_json('\ufeff{"id": "evt_1", "object": "event"}')
 
 
 json_values = st.recursive(
@@ -43,7 +62,16 @@ json_values = st.recursive(
 )
 
 
-@given(json_values)
-def test_any_document_decodes_as_json_does(value) -> None:
-    text = json.dumps(value)
-    assert repr(loads(text)) == repr(json.loads(text))
+@given(json_values, st.booleans())
+def test_any_document_decodes_as_json_does(value, ascii_only: bool) -> None:
+    text = json.dumps(value, ensure_ascii=ascii_only)  # raw non-ASCII text too
+    for data in (text, text.encode("utf-8", "surrogatepass")):
+        try:
+            expected = repr(json.loads(data))
+        except ValueError as exc:
+            expected = type(exc).__name__
+        try:
+            got = repr(loads(data))
+        except ValueError as exc:
+            got = type(exc).__name__
+        assert got == expected

@@ -188,3 +188,20 @@ def test_a_reset_the_database_refuses_fails_that_event_only(conn) -> None:
     )
     assert remaining["cus_1"] == {"api_calls": 7}  # its reset was refused: balance untouched
     assert remaining["cus_0"] != {"api_calls": 7} and remaining["cus_2"] != {"api_calls": 7}
+
+
+def test_a_reset_in_a_drain_batch_names_its_own_event(conn) -> None:
+    """A one-by-one event before the renewals leaves its source set for the transaction:
+    the reset's audit row must still name the invoice event (found in a review)."""
+    f = EventFactory(seed=5)
+    prepare(conn, accounts(f), [])
+    other = f.customer("customer.updated", customer_id="cus_3")
+    paid = f.invoice("invoice.paid", invoice_id="in_own", customer="cus_2", subscription="sub_2",
+                     period_start=f.clock + 5 * MONTH, period_end=f.clock + 6 * MONTH)  # fmt: skip
+    receive(conn, [other, paid])
+    drain_until_empty(conn, RULES)
+    rows = conn.execute(
+        "select a.source from public.audit_logs a join public.customer c on c.uuid = a.customer_uuid"
+        " where c.stripe_customer_id = 'cus_2' and a.action = 'resource_reset'"
+    ).fetchall()
+    assert rows == [(f"stripe:{paid.id}",)]

@@ -18,8 +18,9 @@ the queue by itself (its transaction is rolled back). Within the batch:
   event that fails, or whose handler raises, is `failed` with its reason and never stops
   the events behind it;
 - paid invoices come last, decided together by renewal_batch with the invoice handler's
-  rule (after the checkouts of the same batch have linked their customers), and go one
-  by one through the handler if the database refuses that batch's writes.
+  rule (after the batch's other events: its checkouts have linked their customers, its
+  `customer.deleted` unlinked them), and go one by one through the handler if the
+  database refuses that batch's writes.
 
 Events in one batch are applied in an order of the drain's choosing: the mirror, the links
 and the resets are order-safe, so the result is the one any delivery order gives.
@@ -215,10 +216,17 @@ def _apply_batch(
 
 
 def _apply_renewals(conn: psycopg.Connection, renewals: list[Renewal]) -> list[ReplayResult]:
-    """The paid invoices through renewal_batch, in a savepoint; [] if it refuses."""
-    return _in_savepoint(
-        conn, "renewal batch", len(renewals), lambda: renewal_batch.apply_renewals(conn, renewals)
-    )
+    """The paid invoices through renewal_batch, in a savepoint; [] if it refuses.
+
+    The handlers before it left the last one's `webhook.source` set for the rest of the
+    transaction; it is emptied first, so that renewal_batch names its own audit rows.
+    """
+
+    def apply() -> list[ReplayResult]:
+        conn.execute("select set_config('webhook.source', '', true)")
+        return renewal_batch.apply_renewals(conn, renewals)
+
+    return _in_savepoint(conn, "renewal batch", len(renewals), apply)
 
 
 def _in_savepoint(

@@ -22,13 +22,29 @@ _NINETEEN_DIGITS = b"0" * 19
 
 def loads(data: str | bytes | bytearray | memoryview) -> Any:
     """What `json.loads(data)` returns, decoded by orjson whenever that gives the same."""
-    raw = data.encode() if isinstance(data, str) else bytes(data)
-    if _NINETEEN_DIGITS not in raw.translate(_DIGITS_TO_ZERO):
+    raw = _utf8(data)
+    if raw is not None and _NINETEEN_DIGITS not in raw.translate(_DIGITS_TO_ZERO):
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
-            pass  # NaN, Infinity, a lone surrogate, or not JSON: `json` decides
-    return json.loads(raw)
+            pass  # NaN, Infinity, a lone surrogate, another encoding, or not JSON
+    return json.loads(bytes(data) if isinstance(data, memoryview) else data)
+
+
+def _utf8(data: str | bytes | bytearray | memoryview) -> bytes | None:
+    """The bytes orjson may decode; None for a text `json` alone must judge.
+
+    `json` refuses a text that starts with a byte-order mark (it accepts one in bytes), and
+    a text holding a raw lone surrogate has no UTF-8 form.
+    """
+    if not isinstance(data, str):
+        return bytes(data)
+    if data.startswith("\ufeff"):
+        return None
+    try:
+        return data.encode()
+    except UnicodeEncodeError:
+        return None
 
 
 def use_for_database_json() -> None:

@@ -21,7 +21,7 @@ from webhook.replay_batch import BATCH_EVENTS, SUBSCRIPTION_TYPES, replay_subscr
 from webhook.replay_result import ReplayResult
 from webhook.stripe_objects import Event, PayloadError, parse_event
 
-DEADLOCK_ATTEMPTS = 3
+LOCK_ATTEMPTS = 3
 _T = TypeVar("_T")
 
 
@@ -172,15 +172,19 @@ def iter_replay(
     collector from walking) 100 000 results, and lets the CLI print what is already done.
 
     With `workers` > 1 and `connect` (which opens an autocommit connection), a replay of
-    more than one batch is split by Stripe object over that many connections (see
-    replay_parallel): each subscription's events still in the order given, the results
-    reported as each batch commits.
+    more than one batch is split by Stripe customer over that many connections (see
+    replay_parallel): each Stripe customer's events still in the order given, the results
+    reported as each batch commits. A replay holding an event about no Stripe customer (a
+    price, a product) runs in order on `conn`.
     """
     ids = list(event_ids)
     stored = check_replayable(conn, ids)
-    if workers > 1 and connect is not None and len(ids) > BATCH_EVENTS:
-        objects = {event_id: event.object_id for event_id, event in stored.items()}
-        shares = replay_parallel.split_by_object(ids, objects, workers)
+    shares = (
+        replay_parallel.split_by_stripe_customer(conn, ids, workers)
+        if workers > 1 and connect is not None and len(ids) > BATCH_EVENTS
+        else None
+    )
+    if shares is not None and connect is not None:
 
         def replay_share(
             share_conn: psycopg.Connection, share: list[str]
@@ -228,16 +232,16 @@ def _batches(
 
 
 def _retried(apply: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-    """Run one replay transaction, again if PostgreSQL broke a deadlock by rolling it back.
+    """Run one replay transaction, again if it lost a deadlock or waited too long for a lock.
 
-    Only parallel replays meet that (two connections on one customer's rows); the
-    transaction was rolled back whole, so running it again is safe.
+    A parallel replay meets both (two connections on one customer's rows, one waiting for
+    the other's batch); the transaction was rolled back whole, so running it again is safe.
     """
-    for attempt in range(1, DEADLOCK_ATTEMPTS + 1):
+    for attempt in range(1, LOCK_ATTEMPTS + 1):
         try:
             return apply(*args, **kwargs)
-        except psycopg.errors.DeadlockDetected:
-            if attempt == DEADLOCK_ATTEMPTS:
+        except (psycopg.errors.DeadlockDetected, psycopg.errors.LockNotAvailable):
+            if attempt == LOCK_ATTEMPTS:
                 raise
     raise AssertionError("unreachable")
 

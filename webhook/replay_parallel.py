@@ -2,39 +2,59 @@
 
 One connection spends about as long waiting for PostgreSQL as PostgreSQL spends working,
 so a replay of 100 000 events on one connection keeps one core busy at a time. Here the
-events are split by the Stripe object they are about (a subscription, an invoice, a
-customer), each share is replayed in order on a connection of its own, and the results are
-handed back as each batch commits.
+events are split by the Stripe customer they are about (a subscription's, an invoice's, a
+checkout's customer, or the customer of a `customer.*` event), each share is replayed in
+the order given on a connection of its own, and the results are handed back as each batch
+commits.
 
-Each object's events stay in the order given. Two shares meet only on a Stripe customer
-with several subscriptions (or invoices) in both: there one share waits for the other's
-batch, since every batch takes its locks in one sorted order; a deadlock with a one-by-one
-event is retried (see replay). The final rows are the ones an in-order replay gives,
-because the mirror and the plan rule are order-safe; only the order in which results are
-reported, and the intermediate plans of such a customer, can differ.
+Every Stripe customer's events stay in order on one connection, so its links, unlinks,
+subscriptions and renewals meet as in an in-order replay. Two shares meet only on one of
+our customers with several Stripe customers: one waits for the other's batch (every batch
+takes its locks in one sorted order; a deadlock or lock timeout with a one-by-one event is
+retried, see replay), and the plan each computes reads the mirror after the other's commit.
+Events about no Stripe customer (prices, products, a checkout without a customer) can
+change what every other event does, so a replay that holds any of them is not split.
 """
 
 import queue
 import threading
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import psycopg
 
 from webhook.replay_result import ReplayResult
 
 Batches = Iterator[list[ReplayResult]]
-WAIT_SECONDS = 0.1
+
+# The Stripe customer whose lock applying the event takes (as drain._stripe_customer
+# reads it from a parsed event): a customer event's own id, else the object's `customer`,
+# an id or an expanded object.
+_STRIPE_CUSTOMERS = """
+select id, case
+         when type like 'customer.%%' and type not like 'customer.subscription.%%'
+           then payload #>> '{data,object,id}'
+         when jsonb_typeof(payload #> '{data,object,customer}') = 'object'
+           then payload #>> '{data,object,customer,id}'
+         else payload #>> '{data,object,customer}'
+       end
+  from webhook_private.events
+ where id = any(%s)
+"""
 
 
-def split_by_object(
-    event_ids: Sequence[str], object_of: Mapping[str, str | None], shares: int
-) -> list[list[str]]:
-    """The ids in up to `shares` lists (none empty), each object's in one, order kept."""
+def split_by_stripe_customer(
+    conn: psycopg.Connection, event_ids: Sequence[str], shares: int
+) -> list[list[str]] | None:
+    """The ids in up to `shares` lists (none empty), each Stripe customer's in one, order
+    kept; None when some event is about no Stripe customer (then replay them in order)."""
+    customer_of = dict(conn.execute(_STRIPE_CUSTOMERS, (list(event_ids),)).fetchall())
     split: list[list[str]] = [[] for _ in range(shares)]
     for event_id in event_ids:
-        key = object_of.get(event_id) or ""
-        split[zlib.crc32(key.encode()) % shares].append(event_id)
+        customer = customer_of.get(event_id)
+        if not customer:
+            return None
+        split[zlib.crc32(customer.encode()) % shares].append(event_id)
     return [share for share in split if share]
 
 
@@ -45,47 +65,43 @@ def run_shares(
 ) -> Batches:
     """Replay each share on a connection of its own; yield each batch's results as it lands.
 
-    The first error a share raises stops the others after their batch in hand and is
-    raised here; so is closing this iterator early. Either way every thread has finished
-    (and closed its connection) when this returns.
+    The first error a share raises stops the others after their batch in hand; every batch
+    committed until then is still yielded, then the error is raised. Closing this iterator
+    early stops them the same way. Either way every thread has finished (and closed its
+    connection) when this returns.
     """
-    landed: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=4 * len(shares))
+    landed: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
     stop = threading.Event()
-
-    def hand_over(kind: str, value: object) -> None:
-        while not stop.is_set():
-            try:
-                landed.put((kind, value), timeout=WAIT_SECONDS)
-                return
-            except queue.Full:
-                continue
 
     def work(share: list[str]) -> None:
         try:
             with connect() as conn:
                 for batch in replay_share(conn, share):
-                    hand_over("batch", batch)
+                    landed.put(("batch", batch))  # committed: always handed over
                     if stop.is_set():
                         return
         except BaseException as exc:  # handed to the caller, raised there
-            hand_over("error", exc)
+            landed.put(("error", exc))
         finally:
-            hand_over("done", None)
+            landed.put(("done", None))
 
     threads = [threading.Thread(target=work, args=(share,), daemon=True) for share in shares]
     for thread in threads:
         thread.start()
-    running = len(threads)
+    running, failure = len(threads), None
     try:
         while running:
             kind, value = landed.get()
             if kind == "batch":
                 yield value  # type: ignore[misc]
             elif kind == "error":
-                raise value  # type: ignore[misc]
+                stop.set()
+                failure = failure or value
             else:
                 running -= 1
     finally:
         stop.set()
         for thread in threads:
             thread.join()
+    if failure is not None:
+        raise failure  # type: ignore[misc]

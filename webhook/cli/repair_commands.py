@@ -60,7 +60,7 @@ def reconcile(ctx: click.Context, dry_run: bool) -> None:
     type=click.IntRange(1, 16),
     default=2,
     show_default=True,
-    help="Connections a long replay is spread over (split by Stripe object).",
+    help="Connections a long replay is spread over (split by Stripe customer).",
 )
 @click.pass_context
 def replay(
