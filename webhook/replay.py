@@ -44,20 +44,18 @@ class Replayable:
     """What a replay needs to know of a stored event before reading its payload."""
 
     type: str
-    object_id: str | None
 
 
 def check_replayable(conn: psycopg.Connection, event_ids: Iterable[str]) -> dict[str, Replayable]:
-    """Each event's type and object; raise UnknownEvent for the first id not in the inbox
-    or purged.
+    """Each event's type; raise UnknownEvent for the first id not in the inbox or purged.
 
     Called before anything is applied, so that `replay A B` with a mistyped B replays
     neither, instead of committing A and then stopping without having reported it.
     """
     ids = list(dict.fromkeys(event_ids))
     rows = conn.execute(
-        "select id, type, payload is not null, purged_at, status, object_id"
-        " from webhook_private.events where id = any(%s)",
+        "select id, type, payload is not null, purged_at, status from webhook_private.events"
+        " where id = any(%s)",
         (ids,),
     ).fetchall()
     found = {row[0]: (row[2], row[3], row[4]) for row in rows}
@@ -76,7 +74,7 @@ def check_replayable(conn: psycopg.Connection, event_ids: Iterable[str]) -> dict
                 f"the payload of event {event_id} was purged{when}, so it cannot be replayed;"
                 " nothing was replayed"
             )
-    return {row[0]: Replayable(row[1], row[5]) for row in rows}
+    return {row[0]: Replayable(row[1]) for row in rows}
 
 
 def replay_event(
