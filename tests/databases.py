@@ -44,3 +44,40 @@ def scratch_database(server: Any, *, template: str, label: str) -> Iterator[str]
             conn.execute(
                 sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
             )
+
+
+def refuse_writes(
+    conn: psycopg.Connection,
+    table: str,
+    when: str,
+    message: str,
+    *,
+    on: str = "insert or update",
+    schema: str = "pg_temp",
+) -> None:
+    """Make the database refuse a write to `table` whose new row matches `when` (SQL over
+    `new`), raising `message`: a refusal the code must pin on the one event that caused it.
+
+    The trigger function lives in this session's pg_temp unless `schema` says otherwise
+    (a server process writing over its own connections needs it in a real schema).
+    """
+    function = sql.Identifier(schema, "refuse_for_test")
+    conn.execute(
+        sql.SQL(
+            """
+            create function {function}() returns trigger language plpgsql as $$
+            begin
+              if {when} then raise exception {message}; end if;
+              return new;
+            end $$;
+            create trigger refuse_for_test before {on} on {table}
+              for each row execute function {function}();
+            """
+        ).format(
+            function=function,
+            when=sql.SQL(when),  # type: ignore[arg-type]
+            message=sql.Literal(message),
+            on=sql.SQL(on),  # type: ignore[arg-type]
+            table=sql.Identifier(*table.split(".")),
+        )
+    )

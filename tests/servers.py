@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,12 @@ from typing import IO, Any
 
 HOST = "127.0.0.1"
 REQUEST_TIMEOUT_SECONDS = 10.0
+
+# What the Procfile's web line runs, with this interpreter.
+GUNICORN_COMMAND = (
+    sys.executable, "-m", "gunicorn",
+    "--config", "python:webhook.gunicorn_config", "webhook.app:create_app()",
+)  # fmt: skip
 
 
 def free_port() -> int:

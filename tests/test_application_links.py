@@ -11,6 +11,7 @@ import uuid
 import psycopg
 import pytest
 from click.testing import CliRunner
+from databases import refuse_writes
 from stripe_events import API_VERSIONS, Delivery, EventFactory
 from webhook_support import audit_rows, customer_state
 
@@ -245,17 +246,8 @@ def test_a_request_that_cannot_be_applied_fails_and_the_next_ones_go_on(
     conn, plans, make_user, stripe, factory
 ) -> None:
     first, second = make_user(), make_user()
-    conn.execute(
-        """
-        create function pg_temp.refuse() returns trigger language plpgsql as $$
-        begin
-          if new.stripe_customer_id = 'cus_bad' then raise exception 'refused by test'; end if;
-          return new;
-        end $$;
-        create trigger refuse before insert on webhook_private.customer_links
-          for each row execute function pg_temp.refuse();
-        """
-    )
+    refuse_writes(conn, "webhook_private.customer_links", "new.stripe_customer_id = 'cus_bad'",
+                  "refused by test", on="insert")  # fmt: skip
     stripe.send_all([subscribed(factory, "cus_good", "price_pro", "sub_1")])
     app_writes(conn, first, "cus_bad")
     app_writes(conn, second, "cus_good")

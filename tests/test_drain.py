@@ -12,6 +12,7 @@ from collections import Counter
 import psycopg
 import pytest
 from click.testing import CliRunner
+from databases import refuse_writes
 from stripe_events import MONTH, Delivery, EventFactory
 from test_replay_batch import USERS, owned_rows
 
@@ -143,16 +144,8 @@ def test_a_write_the_database_refuses_fails_that_event_only(conn, plans, make_us
                        status="active", price_ids=["price_pro"])
         for n in range(3)
     ]  # fmt: skip
-    conn.execute(
-        """
-        create function pg_temp.refuse() returns trigger language plpgsql as $$
-        begin
-          if new.id = 'sub_1' then raise exception 'sub_1 refused by the test'; end if;
-          return new;
-        end $$;
-        create trigger refuse before insert or update on webhook_private.subscriptions
-          for each row execute function pg_temp.refuse();
-        """
+    refuse_writes(
+        conn, "webhook_private.subscriptions", "new.id = 'sub_1'", "sub_1 refused by the test"
     )
     receive(conn, deliveries)
     drain_until_empty(conn, RULES)

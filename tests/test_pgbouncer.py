@@ -6,12 +6,11 @@ direct URL (the test's database is migrated already). Every check runs with
 DB_PREPARED_STATEMENTS=off, as the service sets itself on port 6543.
 """
 
-import sys
 import time
 
 import pytest
 from click.testing import CliRunner
-from servers import base_env, free_port, start, wait_until_applied
+from servers import GUNICORN_COMMAND, base_env, free_port, start, wait_until_applied
 from servers import request as http_request
 from stripe_events import MONTH, EventFactory
 from stripe_standin import API_KEY
@@ -105,14 +104,7 @@ def test_the_web_server_through_the_pooler(conn, pooled_url, plans, make_user, t
     )  # fmt: skip
     server = start(
         "pooled-web",
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "--config",
-            "python:webhook.gunicorn_config",
-            "webhook.app:create_app()",
-        ],
+        GUNICORN_COMMAND,
         cwd=tmp_path,
         env=env,
         log_dir=tmp_path,

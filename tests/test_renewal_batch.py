@@ -14,6 +14,7 @@ import uuid
 
 import psycopg
 import pytest
+from databases import refuse_writes
 from stripe_events import MONTH, Delivery, EventFactory
 from test_drain import PLANS, RULES, drain_until_empty, receive
 
@@ -159,17 +160,8 @@ def test_a_reset_the_database_refuses_fails_that_event_only(conn) -> None:
         for n in range(3)
     ]  # fmt: skip
     prepare(conn, setup, [])
-    conn.execute(
-        """
-        create function pg_temp.refuse() returns trigger language plpgsql as $$
-        begin
-          if new.invoice_id = 'in_new_1' then raise exception 'in_new_1 refused by the test'; end if;
-          return new;
-        end $$;
-        create trigger refuse before insert on webhook_private.resource_resets
-          for each row execute function pg_temp.refuse();
-        """
-    )
+    refuse_writes(conn, "webhook_private.resource_resets", "new.invoice_id = 'in_new_1'",
+                  "in_new_1 refused by the test", on="insert")  # fmt: skip
     receive(conn, run)
     drain_until_empty(conn, RULES)
 

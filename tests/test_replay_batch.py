@@ -16,6 +16,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from databases import refuse_writes
 from stripe_events import API_VERSIONS, MONTH, Delivery, EventFactory
 
 from webhook import replay, replay_batch
@@ -348,18 +349,8 @@ def test_a_write_the_database_refuses_is_found_one_event_at_a_time(conn) -> None
     deliveries = history(5)
     prepare(conn, deliveries, backlog=True)
     add_team_plan(conn)
-    conn.execute(
-        """
-        create function pg_temp.refuse_unpaid() returns trigger language plpgsql as $$
-        begin
-          if new.status = 'unpaid' then raise exception 'unpaid refused by test'; end if;
-          return new;
-        end $$
-        """
-    )
-    conn.execute(
-        "create trigger refuse_unpaid before insert or update on webhook_private.subscriptions"
-        " for each row execute function pg_temp.refuse_unpaid()"
+    refuse_writes(
+        conn, "webhook_private.subscriptions", "new.status = 'unpaid'", "unpaid refused by test"
     )
     ids = [d.id for d in deliveries if d.type.startswith("customer.subscription.")]
 

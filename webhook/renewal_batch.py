@@ -18,7 +18,6 @@ read (no id, no customer, a timestamp out of range) is left to the handler, whic
 with its reason.
 """
 
-import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from datetime import datetime
 import psycopg
 
 from webhook.handlers.base import Outcome
+from webhook.replay_batch import name_audit_rows
 from webhook.replay_result import ReplayResult
 from webhook.stripe_objects import (
     Event,
@@ -171,12 +171,4 @@ def _write(conn: psycopg.Connection, claimed: list[tuple[Renewal, uuid.UUID]]) -
         """,
         (customers,),
     )
-    conn.execute(
-        """
-        update public.audit_logs a set source = %s::jsonb ->> a.customer_uuid::text
-         where a.customer_uuid = any(%s::uuid[])
-           and a.created_at = now() and a.action = 'resource_reset' and a.source is null
-        """,
-        (json.dumps({str(owner): f"stripe:{event}" for owner, event in first_event.items()}),
-         customers),
-    )  # fmt: skip
+    name_audit_rows(conn, "resource_reset", first_event)

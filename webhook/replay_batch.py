@@ -427,15 +427,22 @@ def _write_plans(conn: psycopg.Connection, writes: list[tuple[uuid.UUID, int | N
         " where c.uuid = v.uuid and c.uuid = any(%s::uuid[])",
         (customers, [plan for _, plan, _ in writes], customers),
     )
+    name_audit_rows(conn, "plan_change", {owner: event_id for owner, _, event_id in writes})
+
+
+def name_audit_rows(conn: psycopg.Connection, action: str, events: dict[uuid.UUID, str]) -> None:
+    """Name each customer's `action` audit rows written so far by this transaction without a
+    source (one batch statement wrote them) after the event that caused them."""
     conn.execute(
         """
         update public.audit_logs a set source = %s::jsonb ->> a.customer_uuid::text
          where a.customer_uuid = any(%s::uuid[])
-           and a.created_at = now() and a.action = 'plan_change' and a.source is null
+           and a.created_at = now() and a.action = %s and a.source is null
         """,
         (
-            json.dumps({str(owner): f"stripe:{event_id}" for owner, _, event_id in writes}),
-            customers,
+            json.dumps({str(owner): f"stripe:{event_id}" for owner, event_id in events.items()}),
+            list(events),
+            action,
         ),
     )
 

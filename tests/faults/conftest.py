@@ -10,7 +10,6 @@ import contextlib
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -21,7 +20,7 @@ import databases
 import psycopg
 import psycopg.sql
 import pytest
-from servers import ServerProcess, base_env, free_port, start
+from servers import GUNICORN_COMMAND, ServerProcess, base_env, free_port, start
 from webhook_support import SECRET
 
 from webhook import migrations
@@ -104,15 +103,7 @@ def gunicorn(tmp_path: Path) -> Iterator[Callable[..., Gunicorn]]:
             "DB_POOL_TIMEOUT": "2",
         }
         environment = base_env(**{**settings, **env})
-        command = [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "--config",
-            "python:webhook.gunicorn_config",
-            "webhook.app:create_app()",
-        ]
-        process = start(name, command, cwd=ROOT, env=environment, log_dir=tmp_path)
+        process = start(name, GUNICORN_COMMAND, cwd=ROOT, env=environment, log_dir=tmp_path)
         started.append(process)
         server = Gunicorn(process, port)
         server.wait_healthy()

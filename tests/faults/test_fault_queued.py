@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import psycopg
+from databases import refuse_writes
 from faultkit import (
     all_deliveries,
     check_invariant,
@@ -95,17 +96,8 @@ def test_a_poison_event_fails_alone_and_the_batch_goes_on(db_url, conn, gunicorn
     expected = in_order(hs)
     prepare(db_url, hs)
     poisoned = hs[1].subscription
-    conn.execute(
-        f"""
-        create function public.refuse_for_test() returns trigger language plpgsql as $$
-        begin
-          if new.id = '{poisoned}' then raise exception 'poisoned by the test'; end if;
-          return new;
-        end $$;
-        create trigger refuse_for_test before insert or update on webhook_private.subscriptions
-          for each row execute function public.refuse_for_test();
-        """
-    )
+    refuse_writes(conn, "webhook_private.subscriptions", f"new.id = '{poisoned}'",
+                  "poisoned by the test", schema="public")  # fmt: skip
     web = gunicorn(db_url, workers=1, WEB_DRAIN="off")
     replies = run_concurrently(
         [lambda d=d: post(web.port, d) for d in shuffled(all_deliveries(hs), seed=8)]
