@@ -54,7 +54,7 @@ def measure_operators(url: str, rows: int) -> dict:
 def _store_failed_events(conn: psycopg.Connection, rows: int) -> None:
     """One failed subscription update per customer (back to Basic), as if a plan had been missing."""
     factory = EventFactory(start=SEED_CREATED + 2 * MONTH, seed=5)
-    columns = "id, type, stripe_created, object_id, payload, status, error"
+    columns = "id, type, stripe_created, object_id, stripe_customer_id, payload, status, error"
     with (
         conn.cursor() as cursor,
         cursor.copy(f"copy webhook_private.events ({columns}) from stdin") as copy,
@@ -69,5 +69,6 @@ def _store_failed_events(conn: psycopg.Connection, rows: int) -> None:
                 price_ids=["price_basic"],
             )
             created = datetime.fromtimestamp(factory.clock, UTC)
-            row = (delivery.id, delivery.type, created, f"sub_b{i}", json.dumps(delivery.event))
+            row = (delivery.id, delivery.type, created, f"sub_b{i}", f"cus_b{i}",
+                   json.dumps(delivery.event))  # fmt: skip
             copy.write_row((*row, "failed", "no plan (benchmark)"))

@@ -7,6 +7,7 @@ here so that a few dozen events already take the parallel path, and the shares m
 the user with two Stripe customers.
 """
 
+import json
 import random
 from collections import Counter
 
@@ -23,10 +24,11 @@ from test_replay_batch import (
     prepare,
 )
 
-from webhook import replay
+from webhook import inbox, replay
 from webhook.errors import DatabaseUnavailable
-from webhook.replay import iter_replay, replay_event
+from webhook.replay import check_replayable, iter_replay, replay_event
 from webhook.replay_parallel import split_by_stripe_customer
+from webhook.stripe_objects import parse_event
 
 ORDER_FREE = ("customers", "subscriptions", "links")
 
@@ -60,6 +62,12 @@ def add_seats_plan(conn: psycopg.Connection) -> None:
         "insert into public.plans (name, price, resources, stripe_price_id)"
         " values ('Seats', 5.00, '{\"api_calls\": 100}', 'price_seats')"
     )
+
+
+def stripe_customers(conn: psycopg.Connection, ids: list[str]) -> dict[str, str | None]:
+    """Each event's Stripe customer as a replay that may be split reads it."""
+    stored = check_replayable(conn, ids, stripe_customers=True)
+    return {event_id: s.stripe_customer for event_id, s in stored.items()}
 
 
 @pytest.fixture
@@ -120,7 +128,7 @@ def test_each_stripe_customers_events_stay_in_one_share_in_the_order_given(conn)
     ids = [d.id for d in deliveries if not d.type.startswith("checkout.")]
     events = [d for d in deliveries if d.id in set(ids)]
 
-    shares = split_by_stripe_customer(conn, ids, 3)
+    shares = split_by_stripe_customer(ids, stripe_customers(conn, ids), 3)
 
     assert shares is not None and all(shares)
     assert sorted(e for share in shares for e in share) == sorted(ids)
@@ -140,7 +148,7 @@ def test_a_replay_with_a_catalog_event_is_not_split(conn) -> None:
     prepare(conn, deliveries, backlog=True)
     ids = [d.id for d in deliveries if not d.type.startswith("checkout.")]
 
-    assert split_by_stripe_customer(conn, ids, 2) is None
+    assert split_by_stripe_customer(ids, stripe_customers(conn, ids), 2) is None
 
 
 def test_a_link_and_a_renewal_on_two_workers_end_as_in_order(conn, twin, small_batches, connect):
@@ -201,3 +209,41 @@ def test_a_worker_that_cannot_connect_stops_the_replay_with_its_error(conn, smal
         "select count(*) from webhook_private.events where id = any(%s) and error = 'backlog'",
         (ids,),
     ).fetchone() == (len(ids),)
+
+
+def test_the_stripe_customer_stored_with_an_event_is_the_one_its_payload_names(conn) -> None:
+    """Received events carry their Stripe customer in a column (migration 011); events
+    stored before it are read from the payload, and both reads agree."""
+    f = EventFactory(seed=12)
+    deliveries = [
+        f.subscription(
+            "customer.subscription.updated", sub_id="sub_1", customer="cus_1", status="active"
+        ),
+        f.invoice(
+            "invoice.paid",
+            invoice_id="in_2",
+            customer="cus_2",
+            subscription="sub_2",
+            period_start=f.clock,
+            period_end=f.clock + MONTH,
+        ),
+        f.customer("customer.updated", customer_id="cus_3"),
+        f.price("price.created", price_id="price_x", product="prod_x"),
+    ]
+    for delivery in deliveries:
+        inbox.receive(conn, parse_event(json.loads(delivery.body), delivery.body.decode()))
+    ids = [d.id for d in deliveries]
+    stored_column = dict(
+        conn.execute(
+            "select id, stripe_customer_id from webhook_private.events where id = any(%s)", (ids,)
+        ).fetchall()
+    )
+    conn.execute("update webhook_private.events set status = 'failed'")  # replayable
+    from_column = stripe_customers(conn, ids)
+    conn.execute("update webhook_private.events set stripe_customer_id = null")
+    from_payload = stripe_customers(conn, ids)
+
+    expected = dict(zip(ids, ["cus_1", "cus_2", "cus_3", None], strict=True))
+    assert stored_column == expected
+    assert from_column == expected
+    assert from_payload == expected

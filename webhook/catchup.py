@@ -134,11 +134,14 @@ def _store_missing(conn: psycopg.Connection, run: sync_runs.Run, page: Page) -> 
     stored = conn.execute(
         """
         insert into webhook_private.events as e
-          (id, type, api_version, livemode, stripe_created, object_id, payload, deliveries)
-        select v.id, v.type, v.api_version, v.livemode, v.created, v.object_id, v.payload::jsonb, 0
+          (id, type, api_version, livemode, stripe_created, object_id, stripe_customer_id,
+           payload, deliveries)
+        select v.id, v.type, v.api_version, v.livemode, v.created, v.object_id,
+               v.stripe_customer_id, v.payload::jsonb, 0
           from unnest(%s::text[], %s::text[], %s::text[], %s::boolean[], %s::timestamptz[],
-                      %s::text[], %s::text[])
-               as v(id, type, api_version, livemode, created, object_id, payload)
+                      %s::text[], %s::text[], %s::text[])
+               as v(id, type, api_version, livemode, created, object_id, stripe_customer_id,
+                    payload)
         on conflict (id) do nothing
         returning e.id
         """,
@@ -149,6 +152,7 @@ def _store_missing(conn: psycopg.Connection, run: sync_runs.Run, page: Page) -> 
             [e.livemode for e, _ in events],
             [timestamp(e.created) for e, _ in events],
             [e.object_id for e, _ in events],
+            [e.stripe_customer for e, _ in events],
             [text for _, text in events],
         ),
     ).fetchall()

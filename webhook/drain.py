@@ -41,7 +41,7 @@ from webhook.processor import ProcessingRules, as_failure, run_handler
 from webhook.renewal_batch import Renewal
 from webhook.replay_batch import Candidate
 from webhook.replay_result import ReplayResult
-from webhook.stripe_objects import Event, PayloadError, expandable_id, parse_event
+from webhook.stripe_objects import Event, PayloadError, parse_event
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +167,8 @@ def _apply(
             results.append(
                 _result(event_id, "unknown", Outcome.failed(f"stored event is unusable: {exc}"))
             )
-    busy = _busy_customers(conn, {c for e in events if (c := _stripe_customer(e))})
-    events = [e for e in events if _stripe_customer(e) not in busy]
+    busy = _busy_customers(conn, {c for e in events if (c := e.stripe_customer)})
+    events = [e for e in events if e.stripe_customer not in busy]
     ignored = [e for e in events if e.type not in HANDLERS]
     handled = [e for e in events if e.type in HANDLERS]
     candidates: list[Candidate] = []
@@ -277,10 +277,3 @@ def _busy_customers(conn: psycopg.Connection, stripe_customers: set[str]) -> set
         (sorted(stripe_customers),),
     ).fetchall()
     return {stripe_customer for stripe_customer, locked in rows if not locked}
-
-
-def _stripe_customer(event: Event) -> str | None:
-    """The Stripe customer whose lock applying this event takes (None for catalog events)."""
-    if event.type.startswith("customer.") and not event.type.startswith("customer.subscription."):
-        return event.object_id
-    return expandable_id(event.object.get("customer"))

@@ -41,9 +41,10 @@ def store(
     row = conn.execute(
         """
         insert into webhook_private.events as e
-          (id, type, api_version, livemode, stripe_created, object_id, payload)
+          (id, type, api_version, livemode, stripe_created, object_id, stripe_customer_id,
+           payload)
         select %(id)s, %(type)s, %(api_version)s, %(livemode)s, %(created)s, %(object_id)s,
-               %(payload)s::jsonb
+               %(stripe_customer)s, %(payload)s::jsonb
           from (select set_config('lock_timeout', %(lock)s, true),
                        set_config('statement_timeout', %(statement)s, true),
                        set_config('webhook.source', %(source)s, true)) as transaction_settings
@@ -93,9 +94,9 @@ REDELIVERY_LOCK_WAIT = "50ms"
 
 _RECEIVE = """
 insert into webhook_private.events as e
-  (id, type, api_version, livemode, stripe_created, object_id, payload)
+  (id, type, api_version, livemode, stripe_created, object_id, stripe_customer_id, payload)
 values (%(id)s, %(type)s, %(api_version)s, %(livemode)s, %(created)s, %(object_id)s,
-        %(payload)s::jsonb)
+        %(stripe_customer)s, %(payload)s::jsonb)
 on conflict (id) do nothing
 returning e.status
 """
@@ -119,6 +120,7 @@ def _row(event: Event) -> dict[str, object]:
         "livemode": event.livemode,
         "created": timestamp(event.created),
         "object_id": event.object_id,
+        "stripe_customer": event.stripe_customer,
         "payload": event.text if event.text is not None else json.dumps(event.raw),
     }
 

@@ -44,18 +44,24 @@ class Replayable:
     """What a replay needs to know of a stored event before reading its payload."""
 
     type: str
+    # Read only for a replay that may be split (see replay_parallel), else None.
+    stripe_customer: str | None = None
 
 
-def check_replayable(conn: psycopg.Connection, event_ids: Iterable[str]) -> dict[str, Replayable]:
-    """Each event's type; raise UnknownEvent for the first id not in the inbox or purged.
+def check_replayable(
+    conn: psycopg.Connection, event_ids: Iterable[str], *, stripe_customers: bool = False
+) -> dict[str, Replayable]:
+    """Each event's type (and with `stripe_customers`, its Stripe customer); raise
+    UnknownEvent for the first id not in the inbox or purged.
 
     Called before anything is applied, so that `replay A B` with a mistyped B replays
     neither, instead of committing A and then stopping without having reported it.
     """
     ids = list(dict.fromkeys(event_ids))
+    customer = replay_parallel.STORED_STRIPE_CUSTOMER if stripe_customers else "null"
     rows = conn.execute(
-        "select id, type, payload is not null, purged_at, status from webhook_private.events"
-        " where id = any(%s)",
+        f"select id, type, payload is not null, purged_at, status, {customer}"
+        " from webhook_private.events where id = any(%s)",
         (ids,),
     ).fetchall()
     found = {row[0]: (row[2], row[3], row[4]) for row in rows}
@@ -74,7 +80,7 @@ def check_replayable(conn: psycopg.Connection, event_ids: Iterable[str]) -> dict
                 f"the payload of event {event_id} was purged{when}, so it cannot be replayed;"
                 " nothing was replayed"
             )
-    return {row[0]: Replayable(row[1]) for row in rows}
+    return {row[0]: Replayable(row[1], row[5]) for row in rows}
 
 
 def replay_event(
@@ -176,10 +182,13 @@ def iter_replay(
     price, a product) runs in order on `conn`.
     """
     ids = list(event_ids)
-    stored = check_replayable(conn, ids)
+    may_split = workers > 1 and connect is not None and len(ids) > BATCH_EVENTS
+    stored = check_replayable(conn, ids, stripe_customers=may_split)
     shares = (
-        replay_parallel.split_by_stripe_customer(conn, ids, workers)
-        if workers > 1 and connect is not None and len(ids) > BATCH_EVENTS
+        replay_parallel.split_by_stripe_customer(
+            ids, {event_id: s.stripe_customer for event_id, s in stored.items()}, workers
+        )
+        if may_split
         else None
     )
     if shares is not None and connect is not None:

@@ -19,7 +19,7 @@ change what every other event does, so a replay that holds any of them is not sp
 import queue
 import threading
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import psycopg
 
@@ -27,28 +27,26 @@ from webhook.replay_result import ReplayResult
 
 Batches = Iterator[list[ReplayResult]]
 
-# The Stripe customer whose lock applying the event takes (as drain._stripe_customer
-# reads it from a parsed event): a customer event's own id, else the object's `customer`,
-# an id or an expanded object.
-_STRIPE_CUSTOMERS = """
-select id, case
+# The Stripe customer whose lock applying the event takes (Event.stripe_customer), as
+# stored with the event; for an event stored before migration 011, or about no Stripe
+# customer, read from the payload the same way: a customer event's own id, else the
+# object's `customer`, an id or an expanded object. A column of webhook_private.events.
+STORED_STRIPE_CUSTOMER = """coalesce(stripe_customer_id, case
          when type like 'customer.%%' and type not like 'customer.subscription.%%'
            then payload #>> '{data,object,id}'
          when jsonb_typeof(payload #> '{data,object,customer}') = 'object'
            then payload #>> '{data,object,customer,id}'
          else payload #>> '{data,object,customer}'
-       end
-  from webhook_private.events
- where id = any(%s)
-"""
+       end)"""
 
 
 def split_by_stripe_customer(
-    conn: psycopg.Connection, event_ids: Sequence[str], shares: int
+    event_ids: Sequence[str], customer_of: Mapping[str, str | None], shares: int
 ) -> list[list[str]] | None:
     """The ids in up to `shares` lists (none empty), each Stripe customer's in one, order
-    kept; None when some event is about no Stripe customer (then replay them in order)."""
-    customer_of = dict(conn.execute(_STRIPE_CUSTOMERS, (list(event_ids),)).fetchall())
+    kept; None when some event is about no Stripe customer (then replay them in order).
+
+    `customer_of` maps each id to its STORED_STRIPE_CUSTOMER."""
     split: list[list[str]] = [[] for _ in range(shares)]
     for event_id in event_ids:
         customer = customer_of.get(event_id)

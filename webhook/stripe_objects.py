@@ -62,6 +62,14 @@ class Event:
         value = self.object.get("id")
         return value if isinstance(value, str) else None
 
+    @property
+    def stripe_customer(self) -> str | None:
+        """The Stripe customer whose lock applying this event takes: a customer event's own
+        id, else the object's `customer` (None for catalog events)."""
+        if self.type.startswith("customer.") and not self.type.startswith("customer.subscription."):
+            return self.object_id
+        return expandable_id(self.object.get("customer"))
+
 
 def parse_event(document: Any, text: str | None = None) -> Event:
     """Check that a decoded JSON body is a Stripe snapshot event; raise PayloadError if not.
