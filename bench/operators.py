@@ -8,11 +8,11 @@ from datetime import UTC, datetime
 import psycopg
 
 from bench.workload import SEED_CREATED
-from webhook.config import DEFAULT_ENTITLED_STATUSES
+from webhook.core.config import DEFAULT_ENTITLED_STATUSES
 from webhook.fixtures import MONTH, EventFactory
-from webhook.processor import ProcessingRules
-from webhook.reconcile import reconcile
-from webhook.replay import failed_event_ids, iter_replay
+from webhook.pipeline.processor import ProcessingRules
+from webhook.pipeline.reconcile import reconcile
+from webhook.pipeline.replay import failed_event_ids, iter_replay
 
 RULES = ProcessingRules(entitled_statuses=frozenset(DEFAULT_ENTITLED_STATUSES))
 REPLAY_WORKERS = 2  # the CLI's default

@@ -18,8 +18,8 @@ import psycopg  # noqa: E402
 
 from bench.run import _fresh_database  # noqa: E402
 from bench.workload import SECRET, deliveries  # noqa: E402
-from webhook.app import create_app  # noqa: E402
-from webhook.embedded import embedded_server  # noqa: E402
+from webhook.database.embedded import embedded_server  # noqa: E402
+from webhook.web.app import create_app  # noqa: E402
 
 STATEMENTS: collections.Counter = collections.Counter()
 

@@ -40,7 +40,7 @@ from bench.workload import Mix, deliveries, seed, write_wrk_files  # noqa: E402
 STEADY = Mix(updates=0.9, renewals=0.0)
 # The start of a month: renewals (invoice.paid) and subscription updates, some charges.
 MONTH_START = Mix(updates=0.45, renewals=0.45)
-from webhook import migrations  # noqa: E402
+from webhook.database import migrations  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 WORK = RESULTS / "work"
@@ -132,7 +132,7 @@ def _database() -> tuple[str, int | None]:
     url = os.environ.get("BENCH_DATABASE_URL", "").strip()
     if url:
         return url, None
-    from webhook.embedded import embedded_server
+    from webhook.database.embedded import embedded_server
 
     server = embedded_server(ROOT / ".pgdata-bench")
     return server.get_uri(), server.get_pid()

@@ -19,8 +19,8 @@ from databases import scratch_database
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pytest_postgresql import factories
 
-from webhook import migrations
-from webhook.embedded import process_exists
+from webhook.database import migrations
+from webhook.database.embedded import process_exists
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_PGDATA = ROOT / ".pgdata-test"
@@ -30,7 +30,7 @@ def pytest_configure(config: pytest.Config) -> None:
     """Point pytest-postgresql at the server the tests use, starting it if embedded."""
     url = os.environ.get("TEST_DATABASE_URL", "").strip()
     if not url:
-        from webhook.embedded import embedded_database_url
+        from webhook.database.embedded import embedded_database_url
 
         url = embedded_database_url(TEST_PGDATA)
     params = conninfo_to_dict(url)

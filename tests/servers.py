@@ -27,7 +27,7 @@ REQUEST_TIMEOUT_SECONDS = 10.0
 # What the Procfile's web line runs, with this interpreter.
 GUNICORN_COMMAND = (
     sys.executable, "-m", "gunicorn",
-    "--config", "python:webhook.gunicorn_config", "webhook.app:create_app()",
+    "--config", "python:webhook.web.gunicorn_config", "webhook.web.app:create_app()",
 )  # fmt: skip
 
 

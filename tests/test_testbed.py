@@ -2,7 +2,7 @@
 
 import psycopg
 
-from webhook import migrations
+from webhook.database import migrations
 
 
 def test_each_test_gets_a_migrated_database(conn: psycopg.Connection) -> None:

@@ -19,7 +19,7 @@ from stripe_events import ENDIVE_API, Delivery, EventFactory
 from stripe_standin import StripeStandIn
 from werkzeug.test import TestResponse
 
-from webhook.app import create_app
+from webhook.web.app import create_app
 
 SECRET = "whsec_test_5e3d9a0c7b"
 

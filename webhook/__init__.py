@@ -1,6 +1,6 @@
 """Stripe webhooks mapped onto customer plans and resources in Supabase or PostgreSQL."""
 
-from webhook import json_decode
+from webhook.core import json_decode
 
 __version__ = "0.1.0"
 

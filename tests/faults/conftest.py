@@ -23,8 +23,8 @@ import pytest
 from servers import GUNICORN_COMMAND, ServerProcess, base_env, free_port, start
 from webhook_support import SECRET
 
-from webhook import migrations
-from webhook.embedded import embedded_server
+from webhook.database import migrations
+from webhook.database.embedded import embedded_server
 
 # Plain asserts in the helper module explain their failures like the tests' own.
 pytest.register_assert_rewrite("faultkit")
@@ -79,7 +79,7 @@ class Gunicorn:
 
 @pytest.fixture
 def gunicorn(tmp_path: Path) -> Iterator[Callable[..., Gunicorn]]:
-    """Starts `gunicorn --config python:webhook.gunicorn_config 'webhook.app:create_app()'`
+    """Starts `gunicorn --config python:webhook.web.gunicorn_config 'webhook.web.app:create_app()'`
     (what the Procfile runs) on a free port of 127.0.0.1; every one is stopped afterwards.
 
     Keyword arguments become environment variables (DB_POOL_MAX_SIZE="1", ...).

@@ -36,7 +36,7 @@ from hypothesis import strategies as st
 from stripe_events import Delivery
 from webhook_support import SECRET
 
-from webhook.app import MAX_BODY_BYTES
+from webhook.web.app import MAX_BODY_BYTES
 
 REFUSED = (400, 413)
 

@@ -6,7 +6,7 @@ Locks in the database, not in a process, must make each event count once and end
 in-order result. Each instance is its own gunicorn (the Procfile's command) on its own
 port of 127.0.0.1; the test's requests are concurrent, signed, real HTTP.
 
-tests/test_webhook_processes.py covers two instances each posting one ordered sequence;
+tests/web/test_webhook_processes.py covers two instances each posting one ordered sequence;
 here each instance gets several concurrent clients in different shuffled orders with
 duplicates, and the check is the fault suite's full invariant.
 """

@@ -3,13 +3,16 @@
 Every command fails the same way on bad input: one line on stderr, exit status 1, never
 a traceback. Expected failures are ProjectError subclasses; the group turns them into
 click errors so each command can simply let them rise.
+
+May use: webhook.web, webhook.sync, webhook.pipeline, webhook.rules, webhook.stripe,
+webhook.database, webhook.core, webhook.fixtures.
 """
 
 from typing import Any
 
 import click
 
-from webhook.errors import ProjectError
+from webhook.core.errors import ProjectError
 
 
 class _Group(click.Group):

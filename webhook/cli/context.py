@@ -7,9 +7,9 @@ from contextlib import contextmanager
 import click
 import psycopg
 
-from webhook.config import load_settings, prepared_statements_setting, use_prepared_statements
-from webhook.db import connect, resolve_database_url
-from webhook.processor import ProcessingRules
+from webhook.core.config import load_settings, prepared_statements_setting, use_prepared_statements
+from webhook.database.connect import connect, resolve_database_url
+from webhook.pipeline.processor import ProcessingRules
 
 
 def database_url(ctx: click.Context) -> str:

@@ -14,10 +14,10 @@ import click
 
 from webhook.cli import cli
 from webhook.cli.context import database_url, processing_rules
-from webhook.config import load_settings, use_prepared_statements
-from webhook.drain import Applied
-from webhook.drain_worker import DrainWorker
-from webhook.logs import configure_event_log, log_applied
+from webhook.core.config import load_settings, use_prepared_statements
+from webhook.pipeline.drain import Applied
+from webhook.pipeline.drain_worker import DrainWorker
+from webhook.pipeline.event_log import configure_event_log, log_applied
 
 
 @cli.command()

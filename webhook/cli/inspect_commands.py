@@ -9,12 +9,12 @@ from datetime import timedelta
 import click
 import psycopg
 
-from webhook import migrations
 from webhook.cli import cli
 from webhook.cli.context import database
-from webhook.config import load_settings
-from webhook.devsecret import existing_dev_secret
-from webhook.errors import ProjectError
+from webhook.cli.devsecret import existing_dev_secret
+from webhook.core.config import load_settings
+from webhook.core.errors import ProjectError
+from webhook.database import migrations
 
 STATUSES = ("received", "processed", "ignored", "failed")
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")

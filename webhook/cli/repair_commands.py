@@ -6,9 +6,9 @@ import click
 
 from webhook.cli import cli
 from webhook.cli.context import connector, database, processing_rules
-from webhook.reconcile import reconcile as reconcile_plans
-from webhook.replay import failed_event_ids, iter_replay
-from webhook.replay_result import ReplayResult
+from webhook.pipeline.reconcile import reconcile as reconcile_plans
+from webhook.pipeline.replay import failed_event_ids, iter_replay
+from webhook.pipeline.replay_result import ReplayResult
 
 
 def _progress(label: str) -> Callable[[int, int], None]:

@@ -4,10 +4,10 @@ import os
 
 import click
 
-from webhook import migrations
 from webhook.cli import cli
 from webhook.cli.context import database, database_url
-from webhook.config import prepared_statements_setting, use_prepared_statements
+from webhook.core.config import prepared_statements_setting, use_prepared_statements
+from webhook.database import migrations
 
 
 @cli.command()

@@ -14,12 +14,12 @@ import click
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 
-from webhook import migrations
 from webhook.cli import cli
-from webhook.config import load_settings
-from webhook.db import connect, mask_url
-from webhook.devsecret import dev_secret
-from webhook.embedded import DEFAULT_PGDATA, embedded_database_url
+from webhook.cli.devsecret import dev_secret
+from webhook.core.config import load_settings
+from webhook.database import migrations
+from webhook.database.connect import connect, mask_url
+from webhook.database.embedded import DEFAULT_PGDATA, embedded_database_url
 
 DEMO_CUSTOMER = "00000000-0000-4000-8000-00000000d3e0"
 DEMO_EMAIL = "demo@example.test"
@@ -33,7 +33,7 @@ class _Gunicorn(BaseApplication):
         super().__init__()
 
     def load_config(self) -> None:
-        from webhook import gunicorn_config
+        from webhook.web import gunicorn_config
 
         for key in ("worker_class", "threads", "timeout", "graceful_timeout", "keepalive",
                     "control_socket_disable"):  # fmt: skip
@@ -49,7 +49,7 @@ class _Gunicorn(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self) -> Flask:
-        from webhook.app import create_app
+        from webhook.web.app import create_app
 
         return create_app()
 

@@ -7,16 +7,22 @@ from datetime import timedelta
 import click
 import psycopg
 
-from webhook import catchup
 from webhook.cli import cli
 from webhook.cli.context import database, processing_rules
 from webhook.cli.inspect_commands import DURATION
-from webhook.config import load_settings
-from webhook.drain import Applied
-from webhook.errors import ProjectError
-from webhook.reconcile import Change
-from webhook.stripe_client import StripeAPI, default_rate
-from webhook.sync import CUSTOMERS, PLANS, SUBSCRIPTIONS, SyncReport, sync_subscriptions
+from webhook.core.config import load_settings
+from webhook.core.errors import ProjectError
+from webhook.pipeline.drain import Applied
+from webhook.pipeline.reconcile import Change
+from webhook.stripe.client import StripeAPI, default_rate
+from webhook.sync import catchup
+from webhook.sync.subscriptions import (
+    CUSTOMERS,
+    PLANS,
+    SUBSCRIPTIONS,
+    SyncReport,
+    sync_subscriptions,
+)
 
 DEFAULT_WINDOW = timedelta(hours=72)
 

@@ -21,10 +21,10 @@ import psycopg
 
 from webhook.cli import cli
 from webhook.cli.context import database
+from webhook.cli.devsecret import existing_dev_secret
 from webhook.cli.serve_command import DEMO_CUSTOMER
-from webhook.devsecret import existing_dev_secret
-from webhook.embedded import DEFAULT_PGDATA
-from webhook.errors import ConfigError, ProjectError
+from webhook.core.errors import ConfigError, ProjectError
+from webhook.database.embedded import DEFAULT_PGDATA
 from webhook.fixtures import API_VERSIONS, ENDIVE_API, MONTH, Delivery, EventFactory
 
 SUBSCRIPTION_TYPES = (

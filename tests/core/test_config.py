@@ -1,0 +1,74 @@
+"""Configuration: read once, checked, and a clear message naming the bad variable."""
+
+import pytest
+
+from webhook.core.config import load_settings, use_prepared_statements
+from webhook.core.errors import ConfigError
+
+
+def test_defaults() -> None:
+    settings = load_settings({"STRIPE_WEBHOOK_SECRET": "whsec_a"})
+    assert settings.webhook_secrets == ("whsec_a",)
+    assert settings.tolerance_seconds == 300
+    assert settings.entitled_statuses == {"active", "trialing", "past_due"}
+    assert settings.database_url is None
+
+
+def test_several_secrets_are_split_and_trimmed() -> None:
+    settings = load_settings({"STRIPE_WEBHOOK_SECRET": " whsec_a , whsec_b,"})
+    assert settings.webhook_secrets == ("whsec_a", "whsec_b")
+
+
+@pytest.mark.parametrize("value", [None, "", " , "])
+def test_a_missing_secret_names_the_variable(value: str | None) -> None:
+    env = {} if value is None else {"STRIPE_WEBHOOK_SECRET": value}
+    with pytest.raises(ConfigError, match="STRIPE_WEBHOOK_SECRET"):
+        load_settings(env)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("STRIPE_WEBHOOK_TOLERANCE", "soon"),
+        ("STRIPE_WEBHOOK_TOLERANCE", "0"),
+        ("DB_POOL_MAX_SIZE", "0"),
+        ("DB_POOL_TIMEOUT", "-1"),
+        ("DB_LOCK_TIMEOUT_MS", "x"),
+        ("ENTITLED_STATUSES", "active,bogus"),
+        ("DB_PREPARED_STATEMENTS", "sometimes"),
+    ],
+)
+def test_bad_values_name_their_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        load_settings({"STRIPE_WEBHOOK_SECRET": "whsec_a", name: value})
+
+
+def test_pool_bounds_must_be_ordered() -> None:
+    with pytest.raises(ConfigError, match="DB_POOL_MIN_SIZE"):
+        load_settings(
+            {"STRIPE_WEBHOOK_SECRET": "whsec_a", "DB_POOL_MIN_SIZE": "5", "DB_POOL_MAX_SIZE": "2"}
+        )
+
+
+def test_the_repr_never_shows_secrets() -> None:
+    settings = load_settings(
+        {"STRIPE_WEBHOOK_SECRET": "whsec_topsecret", "STRIPE_API_KEY": "sk_live_x"}
+    )
+    assert "whsec_topsecret" not in repr(settings)
+    assert "sk_live_x" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("value", "url", "prepare"),
+    [
+        ("", "postgresql://u:p@db.example.supabase.co:5432/postgres", True),
+        ("auto", "postgresql://u:p@aws-0-eu.pooler.supabase.com:6543/postgres", False),
+        ("", "host=pgbouncer port=6543 dbname=app", False),
+        ("", "postgresql://localhost/app", True),
+        ("on", "postgresql://u:p@aws-0-eu.pooler.supabase.com:6543/postgres", True),
+        ("off", "postgresql://localhost:5432/app", False),
+    ],
+)
+def test_prepared_statements_are_off_behind_a_transaction_pooler(value, url, prepare) -> None:
+    settings = load_settings({"STRIPE_WEBHOOK_SECRET": "whsec_a", "DB_PREPARED_STATEMENTS": value})
+    assert use_prepared_statements(settings.prepared_statements, url) is prepare

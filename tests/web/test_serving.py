@@ -1,0 +1,437 @@
+"""The serving path as an operator runs it: real processes on 127.0.0.1, real HTTP.
+
+- the Procfile's release and web lines, run by hand the way a platform runs them;
+- `python -m webhook serve` against a configured database, and `trigger` against it;
+- development mode (`make dev`): embedded PostgreSQL, dev secret, demo customer, and the
+  embedded server stopped again on Ctrl-C.
+
+Every process is stopped by a finalizer, whatever the test's outcome; every wait is bounded.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import psycopg
+import pytest
+from servers import (
+    HOST,
+    ServerProcess,
+    base_env,
+    closed_port,
+    free_port,
+    start,
+    wait_until_applied,
+)
+from servers import request as http_request
+from stripe_events import ENDIVE_API, Delivery, EventFactory
+from webhook_support import SECRET, customer_state, event_status
+
+from webhook.cli.serve_command import DEMO_CUSTOMER
+from webhook.web import gunicorn_config
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+STARTUP_TIMEOUT_SECONDS = 20.0
+FIRST_DEV_START_TIMEOUT_SECONDS = 60.0  # initdb on first start
+# gunicorn's own bound: past graceful_timeout the master kills a worker that has not exited.
+# Usually a stop takes well under a second; under load it has once taken longer than 15 s.
+STOP_TIMEOUT_SECONDS = gunicorn_config.graceful_timeout + 10.0
+COMMAND_TIMEOUT_SECONDS = 60.0
+
+
+def procfile() -> dict[str, str]:
+    """The Procfile's process types: name -> command."""
+    entries = {}
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, command = line.split(":", 1)
+            entries[name.strip()] = command.strip()
+    return entries
+
+
+def platform_env(**overrides: str) -> dict[str, str]:
+    """An environment like a platform's: the venv's bin on PATH, no project variables set."""
+    return base_env(PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", **overrides)
+
+
+def post_signed(url: str, delivery: Delivery, secret: str = SECRET) -> tuple[int, object]:
+    """POST a delivery with a valid signature over urllib; (status, JSON body)."""
+    request = urllib.request.Request(
+        url, data=delivery.body, headers=delivery.headers(secret), method="POST"
+    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def cli(
+    *args: str, cwd: Path, env: dict[str, str], timeout: float = COMMAND_TIMEOUT_SECONDS
+) -> subprocess.CompletedProcess[str]:
+    """`python -m webhook ARGS` in its own process."""
+    return subprocess.run(
+        [sys.executable, "-m", "webhook", *args],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], code: int) -> str:
+    """The command exited with `code`, no traceback, and its error on one line."""
+    assert result.returncode == code, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines and lines[-1].startswith("Error: "), result.stderr
+    assert [line for line in lines if line.startswith("Error")] == [lines[-1]], result.stderr
+    if code == 1:
+        assert len(lines) == 1, result.stderr
+    return lines[-1]
+
+
+def plan_name(conn: psycopg.Connection, customer: uuid.UUID | str) -> str | None:
+    row = conn.execute(
+        "select plan_name from public.usage_analytics where uuid = %s", (customer,)
+    ).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def stopped_by(server: ServerProcess, signum: int) -> int:
+    """Send `signum` to the server process and return its exit code (bounded wait)."""
+    server.send(signum)
+    code = server.wait(STOP_TIMEOUT_SECONDS)
+    assert code is not None, f"{server.name} still running after {signum!r}:\n{server.tail()}"
+    return code
+
+
+# --- the Procfile -------------------------------------------------------------------------
+
+
+def test_the_procfile_release_line_migrates_an_empty_database(empty_db_url) -> None:
+    release = procfile()["release"]
+    result = subprocess.run(
+        ["bash", "-c", release],
+        cwd=ROOT,
+        env=platform_env(DATABASE_URL=empty_db_url),
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT_SECONDS,
+    )
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    assert "applied 001_core.sql" in result.stdout
+    with psycopg.connect(empty_db_url) as db:
+        tables = db.execute(
+            "select to_regclass('public.plans'), to_regclass('webhook_private.events')"
+        ).fetchone()
+    assert tables == ("plans", "webhook_private.events")
+
+
+def test_the_procfile_web_line_serves_and_stops_gracefully(
+    conn, db_url, plans, make_user, tmp_path, request
+) -> None:
+    user = make_user()
+    port = free_port()
+    env = platform_env(
+        PORT=str(port),
+        HOST=HOST,
+        WEB_CONCURRENCY="2",
+        DATABASE_URL=db_url,
+        STRIPE_WEBHOOK_SECRET=SECRET,
+    )
+    server = start(
+        "procfile-web", ["bash", "-c", procfile()["web"]], cwd=ROOT, env=env, log_dir=tmp_path
+    )
+    request.addfinalizer(server.stop)
+
+    assert server.wait_for(port, "/healthz", timeout=STARTUP_TIMEOUT_SECONDS) == {"status": "ok"}
+    assert server.wait_for(port, "/readyz", timeout=STARTUP_TIMEOUT_SECONDS)["status"] == "ready"
+    delivery = EventFactory(ENDIVE_API).checkout_completed(
+        customer="cus_procfile", subscription=None, client_reference_id=str(user)
+    )
+    status, body = post_signed(f"http://{HOST}:{port}/webhook", delivery)
+    assert (status, body) == (
+        200,
+        {"received": True, "id": delivery.id, "status": "received", "duplicate": False},
+    )
+    wait_until_applied(conn, [delivery.id])  # by the worker's drain, with no further request
+    assert event_status(conn, delivery.id) == ("processed", None)
+    assert customer_state(conn, user)["stripe_customer_id"] == "cus_procfile"
+    # A forged signature is refused and nothing is stored.
+    forged = EventFactory(ENDIVE_API).other("charge.succeeded")
+    status, _ = post_signed(f"http://{HOST}:{port}/webhook", forged, secret="whsec_wrong")
+    assert status == 400
+    assert conn.execute(
+        "select count(*) from webhook_private.events where id = %s", (forged.id,)
+    ).fetchone() == (0,)
+
+    log = server.output()
+    assert f"Listening at: http://{HOST}:{port}" in log  # PORT and HOST were honoured
+    assert log.count("Booting worker") == 2  # WEB_CONCURRENCY was honoured
+    # Metrics add up both workers' counts, whichever worker answers the scrape.
+    processed = 'webhook_events_total{outcome="processed",type="checkout.session.completed"} 1.0'
+    forged_count = 'webhook_signature_failures_total{reason="mismatch"} 1.0'
+    for _ in range(6):
+        status, text = http_request(port, "GET", "/metrics")
+        assert status == 200
+        assert processed in text
+        assert forged_count in text
+
+    server.send(signal.SIGTERM)
+    code = server.wait(gunicorn_config.graceful_timeout + 5)
+    assert code == 0, server.tail()
+    assert "Traceback" not in server.output()
+    assert SECRET not in server.output()
+
+
+# --- serve and trigger with a configured database -----------------------------------------
+
+
+@pytest.fixture
+def served(db_url, tmp_path, request) -> tuple[ServerProcess, int]:
+    """`python -m webhook serve` on a free port, against the test's database."""
+    port = free_port()
+    env = base_env(DATABASE_URL=db_url, STRIPE_WEBHOOK_SECRET=SECRET)
+    server = start(
+        "serve",
+        [sys.executable, "-m", "webhook", "serve", "--port", str(port), "--workers", "1"],
+        cwd=tmp_path,
+        env=env,
+        log_dir=tmp_path,
+    )
+    request.addfinalizer(server.stop)
+    server.wait_for(port, "/healthz", timeout=STARTUP_TIMEOUT_SECONDS)
+    return server, port
+
+
+def test_serve_with_a_database_url_is_ready_and_stops_on_ctrl_c(served, tmp_path) -> None:
+    server, port = served
+    assert server.wait_for(port, "/readyz", timeout=STARTUP_TIMEOUT_SECONDS)["status"] == "ready"
+    banner = server.output()
+    assert f"webhook target: http://localhost:{port}/webhook" in banner
+    assert "signing secret" not in banner  # no development secret outside development
+    assert SECRET not in banner
+    assert not (tmp_path / ".dev-secret").exists()
+    assert stopped_by(server, signal.SIGINT) == 0
+    assert "Traceback" not in server.output()
+
+
+def trigger_lifecycle(port: int, customer: uuid.UUID, tmp_path: Path, *options: str):
+    """`trigger lifecycle` for `customer` against the server on `port`."""
+    return cli(
+        "trigger",
+        "lifecycle",
+        "--url",
+        f"http://{HOST}:{port}/webhook",
+        "--customer",
+        str(customer),
+        *options,
+        cwd=tmp_path,
+        env=base_env(STRIPE_WEBHOOK_SECRET=SECRET),
+    )
+
+
+def test_trigger_lifecycle_against_a_running_server(
+    conn, plans, make_user, served, tmp_path
+) -> None:
+    _, port = served
+    customer = make_user()
+    result = trigger_lifecycle(port, customer, tmp_path, "--price", "price_pro")
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    lines = result.stdout.splitlines()
+    assert len(lines) == 7, result.stdout
+    assert all("-> 200 " in line for line in lines), result.stdout
+    assert plan_name(conn, customer) == "Pro"
+    assert customer_state(conn, customer)["stripe_customer_id"] == f"cus_dev_{customer.hex[:14]}"
+    stored = conn.execute(
+        "select count(*) from webhook_private.events where status in ('processed', 'ignored')"
+    ).fetchone()[0]
+    assert stored == 7
+
+
+def test_trigger_sends_a_price_that_only_its_product_maps_to_a_plan(
+    conn, plans, make_user, served, tmp_path
+) -> None:
+    _, port = served
+    customer = make_user()
+    result = trigger_lifecycle(
+        port, customer, tmp_path, "--price", "price_pro_yearly", "--product", "prod_pro"
+    )
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    assert plan_name(conn, customer) == "Pro"
+    products = conn.execute("select product_ids from webhook_private.subscriptions").fetchall()
+    assert products == [(["prod_pro"],)]
+
+
+def test_a_running_server_applies_the_applications_link_within_a_second(
+    conn, plans, make_user, served
+) -> None:
+    """No event after the write: the worker's background work applies the link request."""
+    _, port = served
+    customer = make_user()
+    created = EventFactory(ENDIVE_API, start=int(time.time())).subscription(
+        "customer.subscription.created",
+        sub_id="sub_app",
+        customer="cus_app",
+        status="active",
+        price_ids=["price_pro"],
+    )
+    status, _ = http_request(port, "POST", "/webhook", created.body, created.headers(SECRET))
+    assert status == 200
+    assert plan_name(conn, customer) is None
+    written = time.monotonic()
+    conn.execute(
+        "update public.customer set stripe_customer_id = 'cus_app' where uuid = %s", (customer,)
+    )
+    while plan_name(conn, customer) is None and time.monotonic() - written < 10:
+        time.sleep(0.05)
+    assert plan_name(conn, customer) == "Pro"
+
+
+def test_trigger_against_a_closed_port(tmp_path) -> None:
+    url = f"http://{HOST}:{closed_port()}/webhook"
+    result = cli(
+        "trigger",
+        "lifecycle",
+        "--url",
+        url,
+        cwd=tmp_path,
+        env=base_env(STRIPE_WEBHOOK_SECRET=SECRET),
+    )
+    line = one_line_error(result, 1)
+    assert f"cannot reach {url}" in line
+
+
+def test_trigger_rejects_a_bad_customer(tmp_path) -> None:
+    result = cli(
+        "trigger",
+        "lifecycle",
+        "--customer",
+        "not-a-uuid",
+        cwd=tmp_path,
+        env=base_env(STRIPE_WEBHOOK_SECRET=SECRET),
+    )
+    line = one_line_error(result, 2)
+    assert "--customer" in line
+    assert "not-a-uuid" in line
+
+
+def test_trigger_without_any_secret_says_how_to_get_one(tmp_path) -> None:
+    url = f"http://{HOST}:{closed_port()}/webhook"
+    result = cli("trigger", "lifecycle", "--url", url, cwd=tmp_path, env=base_env())
+    line = one_line_error(result, 1)
+    assert "STRIPE_WEBHOOK_SECRET" in line
+    assert ".dev-secret" in line
+
+
+# --- development mode (`make dev`) --------------------------------------------------------
+
+
+def postmaster_pid(pgdata: Path) -> int | None:
+    """The postmaster's pid from pgdata/postmaster.pid, if a postmaster wrote one.
+
+    (initdb's single-user backend writes a negative pid; that is not a server to stop.)
+    """
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().splitlines()[0])
+    except (FileNotFoundError, IndexError, ValueError):
+        return None
+    return pid if pid > 0 else None
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def wait_until_gone(pgdata: Path, pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not (pgdata / "postmaster.pid").exists() and not alive(pid):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.fixture
+def project_dir() -> Iterator[Path]:
+    """A fresh directory to run `make dev` in, directly under the system temp directory.
+
+    Not pytest's tmp_path: as root, the embedded server runs as another user, which must be
+    able to traverse every parent of its data directory, and each pytest session that starts
+    resets /tmp/pytest-of-<user> to mode 0700 (so a concurrent run would lock it out).
+    """
+    path = Path(tempfile.mkdtemp(prefix="webhook-dev-test-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def stop_development_server(server: ServerProcess, pgdata: Path) -> None:
+    """Stop the server; if its embedded PostgreSQL outlived it, stop that too (fast shutdown)."""
+    server.stop()
+    pid = postmaster_pid(pgdata)
+    if pid is not None and alive(pid):
+        os.kill(pid, signal.SIGINT)
+        wait_until_gone(pgdata, pid, 15)
+
+
+def test_development_mode_end_to_end(project_dir, tmp_path, request) -> None:
+    pgdata = project_dir / "pgdata"
+    port = free_port()
+    env = base_env(EMBEDDED_PGDATA=str(pgdata))
+    server = start(
+        "dev-serve",
+        [sys.executable, "-m", "webhook", "serve", "--port", str(port)],
+        cwd=project_dir,
+        env=env,
+        log_dir=tmp_path,
+    )
+    request.addfinalizer(lambda: stop_development_server(server, pgdata))
+
+    ready = server.wait_for(port, "/readyz", timeout=FIRST_DEV_START_TIMEOUT_SECONDS)
+    assert ready["status"] == "ready"
+    secret = (project_dir / ".dev-secret").read_text().strip()
+    assert secret.startswith("whsec_")
+    assert (project_dir / ".dev-secret").stat().st_mode & 0o077 == 0
+    banner = server.output()
+    assert f"signing secret: {secret}" in banner
+    assert f"stripe listen --forward-to localhost:{port}/webhook" in banner
+    assert f"embedded PostgreSQL in {pgdata}" in banner
+    postgres = postmaster_pid(pgdata)
+    assert postgres is not None and alive(postgres), banner
+
+    # trigger finds ./.dev-secret in the working directory, as after `make dev`.
+    url = f"http://{HOST}:{port}/webhook"
+    triggered = cli("trigger", "lifecycle", "--url", url, cwd=project_dir, env=env)
+    assert triggered.returncode == 0, (triggered.stdout, triggered.stderr)
+    assert triggered.stdout.count("-> 200 ") == 7, triggered.stdout
+
+    shown = cli("customer", DEMO_CUSTOMER, cwd=project_dir, env=env)
+    assert shown.returncode == 0, (shown.stdout, shown.stderr)
+    assert shown.stdout.splitlines()[0].split()[:2] == ["plan:", "Pro"], shown.stdout
+
+    # Ctrl-C: gunicorn stops, then the exit handlers stop the embedded PostgreSQL.
+    assert stopped_by(server, signal.SIGINT) == 0
+    assert wait_until_gone(pgdata, postgres, STOP_TIMEOUT_SECONDS), (
+        f"the embedded PostgreSQL (pid {postgres}) still runs:\n{server.tail()}"
+    )
+    assert "Traceback" not in server.output()

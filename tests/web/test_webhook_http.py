@@ -1,0 +1,370 @@
+"""The HTTP contract of POST /webhook, /healthz and /readyz, through real requests."""
+
+import json
+import socket
+import threading
+import time
+
+import psycopg
+import pytest
+from flask.testing import FlaskClient
+from stripe_events import Delivery, EventFactory, sign
+from webhook_support import SECRET, StripeSender, build_app, customer_state, event_status
+
+from webhook.core.errors import ConfigError
+
+
+def stored_events(conn: psycopg.Connection) -> int:
+    return conn.execute("select count(*) from webhook_private.events").fetchone()[0]
+
+
+def post(client: FlaskClient, body: bytes, signature: str | None) -> tuple[int, dict]:
+    headers = {"Content-Type": "application/json"}
+    if signature is not None:
+        headers["Stripe-Signature"] = signature
+    response = client.post("/webhook", data=body, headers=headers)
+    return response.status_code, response.get_json()
+
+
+def test_a_handled_event_is_stored_acknowledged_and_then_applied(
+    conn, stripe: StripeSender, factory: EventFactory
+) -> None:
+    delivery = factory.customer("customer.created", customer_id="cus_1")
+    stripe.drain = False
+    response = stripe.send(delivery)
+    assert response.status_code == 200
+    assert response.get_json() == {
+        "received": True,
+        "id": delivery.id,
+        "status": "received",
+        "duplicate": False,
+    }
+    assert event_status(conn, delivery.id) == ("received", None)
+    stripe.client.application.extensions["webhook"].drain.until_empty()
+    assert event_status(conn, delivery.id) == ("ignored", None)
+    again = stripe.send(delivery)
+    assert again.get_json() == {
+        "received": True,
+        "id": delivery.id,
+        "status": "ignored",
+        "duplicate": True,
+    }
+
+
+def test_inline_mode_answers_with_the_outcome(db_url, conn, factory) -> None:
+    app = build_app(db_url, WEBHOOK_APPLY="inline")
+    try:
+        delivery = factory.customer("customer.created", customer_id="cus_1")
+        response = StripeSender(app.test_client(), drain=False).send(delivery)
+        assert response.get_json() == {
+            "received": True,
+            "id": delivery.id,
+            "status": "ignored",
+            "duplicate": False,
+        }
+        assert event_status(conn, delivery.id) == ("ignored", None)
+    finally:
+        app.extensions["webhook"].close()
+
+
+def test_an_unhandled_type_is_acknowledged_and_marked_ignored(conn, stripe, factory) -> None:
+    delivery = factory.other("charge.succeeded")
+    response = stripe.send(delivery)
+    assert response.status_code == 200
+    assert response.get_json()["status"] == "received"
+    assert event_status(conn, delivery.id)[0] == "ignored"
+
+
+def test_a_duplicate_is_acknowledged_and_counted_once(conn, stripe, factory) -> None:
+    delivery = factory.other()
+    first, second = stripe.send(delivery), stripe.send(delivery)
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert second.get_json()["duplicate"] is True
+    row = conn.execute(
+        "select deliveries, attempts from webhook_private.events where id = %s", (delivery.id,)
+    ).fetchone()
+    assert row == (2, 1)
+
+
+def test_rotated_secrets_both_verify(db_url: str, conn, factory) -> None:
+    app = build_app(db_url, STRIPE_WEBHOOK_SECRET=f"whsec_new_one,{SECRET}")
+    try:
+        client = app.test_client()
+        old = StripeSender(client, secret=SECRET).send(factory.other())
+        new = StripeSender(client, secret="whsec_new_one").send(factory.other())
+        assert (old.status_code, new.status_code) == (200, 200)
+        # During a roll Stripe sends one v1 per active secret; any one matching is enough.
+        rolled = factory.other()
+        headers = {"Stripe-Signature": sign(rolled.body, "whsec_unknown", extra_secrets=[SECRET])}
+        assert client.post("/webhook", data=rolled.body, headers=headers).status_code == 200
+        assert stored_events(conn) == 3
+    finally:
+        app.extensions["webhook"].close()
+
+
+@pytest.mark.parametrize(
+    ("make_header", "reason"),
+    [
+        (lambda body: None, "missing Stripe-Signature"),
+        (lambda body: "nonsense", "garbled"),
+        (lambda body: f"t={int(time.time())}", "no v1"),
+        (lambda body: sign(body, "whsec_wrong"), "no signature matches"),
+        (lambda body: sign(body + b" ", SECRET), "no signature matches"),
+        (lambda body: sign(body, SECRET, int(time.time()) - 301), "tolerance"),
+        (lambda body: sign(body, SECRET, int(time.time()) + 301), "tolerance"),
+    ],
+    ids=["missing", "garbled", "no-v1", "wrong-secret", "other-body", "too-old", "future"],
+)
+def test_bad_signatures_get_400_and_write_nothing(
+    conn, client, factory, make_header, reason
+) -> None:
+    delivery = factory.other()
+    status, body = post(client, delivery.body, make_header(delivery.body))
+    assert status == 400
+    assert reason in body["error"]
+    assert stored_events(conn) == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"not json", "not valid JSON"),
+        (b"[1, 2]", "not a JSON object"),
+        (b'{"object": "charge", "id": "ch_1"}', "not a Stripe event"),
+        (b'{"object": "event", "id": "evt_1", "type": "x", "created": 1}', "data.object"),
+        (
+            b'{"object": "event", "id": "nope", "type": "x", "created": 1, "data": {"object": {}}}',
+            "id",
+        ),
+        (
+            b'{"object": "v2.core.event", "id": "evt_1", "type": "v1.customer.updated"}',
+            "thin events",
+        ),
+        (b"[" * 100_000 + b"]" * 100_000, "not valid JSON"),
+        (
+            b'{"object": "event", "id": "evt_1", "type": "x", "created": 1,'
+            b' "data": {"object": {"name": "a\\u0000b"}}}',
+            "NUL",
+        ),
+        (
+            b'{"object": "event", "id": "evt_1", "type": "x", "created": 1,'
+            b' "data": {"object": {"name": "a\\uDC00b"}}}',
+            "surrogate",
+        ),
+    ],
+    ids=[
+        "not-json",
+        "array",
+        "not-event",
+        "no-object",
+        "bad-id",
+        "thin",
+        "deep",
+        "nul",
+        "surrogate",
+    ],
+)
+def test_signed_bodies_that_are_not_stripe_events_get_400(conn, client, body, reason) -> None:
+    status, answer = post(client, body, sign(body, SECRET))
+    assert status == 400
+    assert reason in answer["error"]
+    assert stored_events(conn) == 0
+
+
+def test_a_body_over_one_mebibyte_gets_413(conn, client, factory) -> None:
+    event = factory.other().event
+    event["data"]["object"]["padding"] = "x" * (1024 * 1024)
+    big = Delivery.from_event(event)
+    status, answer = post(client, big.body, sign(big.body, SECRET))
+    assert status == 413
+    assert "larger" in answer["error"]
+    assert stored_events(conn) == 0
+
+
+@pytest.mark.parametrize("method", ["get", "put", "delete", "patch"])
+def test_other_methods_get_405(client, method: str) -> None:
+    response = getattr(client, method)("/webhook")
+    assert response.status_code == 405
+    assert response.get_json() == {"error": "method not allowed"}
+    assert "POST" in response.headers["Allow"]
+
+
+def test_an_unknown_path_gets_a_json_404(client) -> None:
+    response = client.get("/nope")
+    assert response.status_code == 404
+    assert response.get_json() == {"error": "not found"}
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_an_unreachable_database_gets_503_so_stripe_retries(factory) -> None:
+    url = f"postgresql://nobody:secret@127.0.0.1:{_closed_port()}/nothing"
+    app = build_app(url, DB_POOL_TIMEOUT="0.5", DB_POOL_MIN_SIZE="0")
+    try:
+        client = app.test_client()
+        response = StripeSender(client, drain=False).send(factory.other())
+        assert response.status_code == 503
+        assert response.get_json() == {"error": "database unavailable, retry later"}
+        assert response.headers["Retry-After"]
+        assert client.get("/healthz").status_code == 200
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert "secret" not in json.dumps(ready.get_json())
+    finally:
+        app.extensions["webhook"].close()
+
+
+def hold_stripe_customer(db_url: str, stripe_customer: str) -> psycopg.Connection:
+    """Another worker busy with this Stripe customer, not letting go (close() releases)."""
+    holder = psycopg.connect(db_url)
+    holder.execute(
+        "select pg_advisory_xact_lock(hashtextextended(%s, 0))",
+        (f"stripe-customer:{stripe_customer}",),
+    )
+    return holder
+
+
+def test_inline_a_lock_wait_timeout_gets_503_and_the_retry_applies_once(
+    db_url, conn, plans, user, factory
+) -> None:
+    app = build_app(db_url, DB_LOCK_TIMEOUT_MS="200", WEBHOOK_APPLY="inline")
+    stripe = StripeSender(app.test_client(), drain=False)
+    try:
+        checkout = factory.checkout_completed(
+            customer="cus_1", subscription=None, client_reference_id=str(user)
+        )
+        holder = hold_stripe_customer(db_url, "cus_1")
+        blocked = stripe.send(checkout)
+        holder.close()
+        assert blocked.status_code == 503
+        assert stored_events(conn) == 0
+        retried = stripe.send(checkout)
+        assert retried.status_code == 200
+        assert retried.get_json()["status"] == "processed"
+        assert customer_state(conn, user)["stripe_customer_id"] == "cus_1"
+    finally:
+        app.extensions["webhook"].close()
+
+
+def test_queued_a_held_lock_never_reaches_the_request_and_the_drain_applies_once(
+    db_url, conn, plans, user, factory
+) -> None:
+    app = build_app(db_url, DB_LOCK_TIMEOUT_MS="200")
+    service = app.extensions["webhook"]
+    stripe = StripeSender(app.test_client(), drain=False)
+    try:
+        checkout = factory.checkout_completed(
+            customer="cus_1", subscription=None, client_reference_id=str(user)
+        )
+        holder = hold_stripe_customer(db_url, "cus_1")
+        accepted = stripe.send(checkout)
+        assert accepted.status_code == 200
+        assert accepted.get_json()["status"] == "received"
+        service.drain.cycle()  # the event's Stripe customer is busy: it stays queued
+        assert event_status(conn, checkout.id) == ("received", None)
+        holder.close()
+        assert service.drain.until_empty() == 1
+        assert event_status(conn, checkout.id) == ("processed", None)
+        assert customer_state(conn, user)["stripe_customer_id"] == "cus_1"
+        attempts = conn.execute("select count(*) from webhook_private.event_attempts").fetchone()
+        assert attempts == (1,)
+    finally:
+        service.close()
+
+
+def test_healthz_answers_without_the_database(client) -> None:
+    response = client.get("/healthz")
+    assert (response.status_code, response.get_json()) == (200, {"status": "ok"})
+
+
+def test_readyz_is_ready_when_every_migration_is_applied(client) -> None:
+    response = client.get("/readyz")
+    assert (response.status_code, response.get_json()) == (
+        200,
+        {"status": "ready", "queue_lag_seconds": 0.0},
+    )
+
+
+def test_readyz_is_unavailable_while_a_migration_is_pending(conn, client) -> None:
+    conn.execute("delete from webhook_private.schema_migrations where version = '002'")
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.get_json() == {
+        "status": "unavailable",
+        "reason": "migrations pending: 002_processor.sql",
+    }
+
+
+def test_the_app_refuses_to_start_without_a_secret(db_url, monkeypatch) -> None:
+    monkeypatch.delenv("STRIPE_WEBHOOK_SECRET", raising=False)
+    with pytest.raises(ConfigError, match="STRIPE_WEBHOOK_SECRET"):
+        build_app(db_url, STRIPE_WEBHOOK_SECRET="")
+
+
+def test_concurrent_duplicates_are_applied_once(conn, app, plans, user, factory) -> None:
+    delivery = factory.checkout_completed(
+        customer="cus_1", subscription=None, client_reference_id=str(user)
+    )
+    results: list[int] = []
+
+    def deliver() -> None:
+        results.append(StripeSender(app.test_client()).send(delivery).status_code)
+
+    threads = [threading.Thread(target=deliver) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [200] * 10
+    row = conn.execute(
+        "select deliveries, attempts, status from webhook_private.events where id = %s",
+        (delivery.id,),
+    ).fetchone()
+    assert row == (10, 1, "processed")
+
+
+def test_escaped_characters_outside_the_basic_plane_are_stored(conn, client, factory) -> None:
+    """A valid surrogate pair (here an emoji, as json.dumps escapes it) is fine for jsonb."""
+    event = factory.other().event
+    event["data"]["object"]["description"] = "thanks \U0001f600 and caf\u00e9"
+    delivery = Delivery.from_event(event)
+    assert b"\\ud83d\\ude00" in delivery.body
+    status, _ = post(client, delivery.body, sign(delivery.body, SECRET))
+    assert status == 200
+    stored = conn.execute(
+        "select payload -> 'data' -> 'object' ->> 'description' from webhook_private.events"
+    ).fetchone()
+    assert stored == ("thanks \U0001f600 and caf\u00e9",)
+
+
+@pytest.mark.parametrize(("setting", "prepared"), [("on", True), ("off", False)])
+def test_db_prepared_statements_decides_what_the_pool_prepares(
+    conn, db_url, plans, make_user, factory, setting, prepared
+) -> None:
+    """Off, no statement is ever prepared: what a pooler in transaction mode needs."""
+    app = build_app(db_url, DB_PREPARED_STATEMENTS=setting, DB_POOL_MAX_SIZE="1")
+    try:
+        sender = StripeSender(app.test_client())
+        user = make_user()
+        sender.send_all(
+            [
+                factory.checkout_completed(
+                    customer="cus_1", subscription="sub_1", client_reference_id=str(user)
+                ),
+                factory.subscription("customer.subscription.created", sub_id="sub_1",
+                                     customer="cus_1", status="active", price_ids=["price_pro"]),
+                *(factory.other() for _ in range(8)),
+            ]
+        )  # fmt: skip
+        database = app.extensions["webhook"].database
+        count = database.run(
+            lambda c: c.execute("select count(*) from pg_prepared_statements").fetchone()[0]
+        )
+        assert (count > 0) is prepared
+        assert customer_state(conn, user)["plan_id"] == plans["Pro"]
+    finally:
+        app.extensions["webhook"].close()

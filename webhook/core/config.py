@@ -1,0 +1,208 @@
+"""Every environment variable the service reads, checked once at start-up.
+
+A bad or missing value stops the process before it serves a single request, with a
+message naming the variable, instead of failing on the first event in production.
+"""
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from webhook.core.errors import ConfigError
+
+KNOWN_STATUSES = frozenset(
+    {
+        "incomplete",
+        "incomplete_expired",
+        "trialing",
+        "active",
+        "past_due",
+        "canceled",
+        "unpaid",
+        "paused",
+    }
+)
+DEFAULT_ENTITLED_STATUSES = ("active", "trialing", "past_due")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The service's configuration; see the table in README.md."""
+
+    webhook_secrets: tuple[str, ...]
+    database_url: str | None = None
+    tolerance_seconds: int = 300
+    stripe_api_key: str | None = field(default=None, repr=False)
+    stripe_api_base: str | None = None
+    # Requests per second `sync` allows itself; None: by the key's mode (see webhook.stripe.client).
+    stripe_api_rate: float | None = None
+    # How often `sync` retries a request Stripe refused for now (429, 5xx) or dropped.
+    stripe_api_max_retries: int = 7
+    entitled_statuses: frozenset[str] = frozenset(DEFAULT_ENTITLED_STATUSES)
+    pool_min_size: int = 1
+    pool_max_size: int = 4
+    pool_timeout_seconds: float = 5.0
+    lock_timeout_ms: int = 5000
+    statement_timeout_ms: int = 15000
+    # None: decide from the URL (off for a transaction pooler's port), see prepared_statements().
+    prepared_statements: bool | None = None
+    # queued: a delivery is stored and answered, a drain applies it; inline: applied in the request.
+    apply_mode: str = "queued"
+    # Whether each web worker runs a drain (off when a dedicated `drain` process does).
+    web_drain: bool = True
+    drain_batch_size: int = 200
+
+    def __repr__(self) -> str:
+        # Never let a secret reach a log line through a repr.
+        return (
+            f"Settings(webhook_secrets=<{len(self.webhook_secrets)} secret(s)>, "
+            f"tolerance_seconds={self.tolerance_seconds}, pool_max_size={self.pool_max_size})"
+        )
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, *, require_secret: bool = True
+) -> Settings:
+    """Read and check the environment; raise ConfigError naming the first bad variable.
+
+    Operator commands that never verify a signature (reconcile, replay) pass
+    require_secret=False.
+    """
+    env = os.environ if environ is None else environ
+    secrets = tuple(s.strip() for s in env.get("STRIPE_WEBHOOK_SECRET", "").split(",") if s.strip())
+    if not secrets and require_secret:
+        raise ConfigError(
+            "STRIPE_WEBHOOK_SECRET is not set: give the endpoint's signing secret (whsec_...),"
+            " or several separated by commas while rolling it"
+        )
+    pool_min = _int(env, "DB_POOL_MIN_SIZE", 1, minimum=0)
+    pool_max = _int(env, "DB_POOL_MAX_SIZE", 4, minimum=1)
+    if pool_min > pool_max:
+        raise ConfigError(
+            f"DB_POOL_MIN_SIZE ({pool_min}) is larger than DB_POOL_MAX_SIZE ({pool_max})"
+        )
+    return Settings(
+        webhook_secrets=secrets,
+        database_url=env.get("DATABASE_URL", "").strip() or None,
+        tolerance_seconds=_int(env, "STRIPE_WEBHOOK_TOLERANCE", 300, minimum=1),
+        stripe_api_key=env.get("STRIPE_API_KEY", "").strip() or None,
+        stripe_api_base=env.get("STRIPE_API_BASE", "").strip() or None,
+        stripe_api_rate=_optional_rate(env),
+        stripe_api_max_retries=_int(env, "STRIPE_API_MAX_RETRIES", 7, minimum=0),
+        entitled_statuses=_statuses(env),
+        pool_min_size=pool_min,
+        pool_max_size=pool_max,
+        pool_timeout_seconds=_float(env, "DB_POOL_TIMEOUT", 5.0),
+        lock_timeout_ms=_int(env, "DB_LOCK_TIMEOUT_MS", 5000, minimum=1),
+        statement_timeout_ms=_int(env, "DB_STATEMENT_TIMEOUT_MS", 15000, minimum=1),
+        prepared_statements=prepared_statements_setting(env),
+        apply_mode=_choice(env, "WEBHOOK_APPLY", ("queued", "inline")),
+        web_drain=_choice(env, "WEB_DRAIN", ("on", "off")) == "on",
+        drain_batch_size=_int(env, "DRAIN_BATCH_SIZE", 200, minimum=1),
+    )
+
+
+# Supabase's transaction pooler (Supavisor) listens on 6543; PgBouncer deployments often
+# use the same port for transaction mode. A pooler in transaction mode hands each
+# transaction to any server connection, where a statement prepared by another one is unknown.
+TRANSACTION_POOLER_PORT = 6543
+
+
+def use_prepared_statements(setting: bool | None, database_url: str) -> bool:
+    """Whether to let psycopg prepare statements on connections to `database_url`.
+
+    Prepared statements save the server re-planning the same few statements for every
+    event; they cannot work through a pooler in transaction mode. Unless
+    DB_PREPARED_STATEMENTS says otherwise, they are off for URLs on port 6543.
+    """
+    if setting is not None:
+        return setting
+    try:
+        port = conninfo_to_dict(database_url).get("port")
+    except psycopg.ProgrammingError:
+        return True  # not a URL psycopg can read: connecting will say why
+    return str(port) != str(TRANSACTION_POOLER_PORT)
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{name} must be positive, got {raw}")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    """One of `choices` (the first is the default)."""
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return choices[0]
+    if raw not in choices:
+        raise ConfigError(f"{name} must be {' or '.join(choices)}, got {raw!r}")
+    return raw
+
+
+def _optional_rate(env: Mapping[str, str]) -> float | None:
+    raw = env.get("STRIPE_API_RATE", "").strip()
+    if not raw:
+        return None
+    try:
+        rate = float(raw)
+    except ValueError:
+        raise ConfigError(
+            f"STRIPE_API_RATE must be a number of requests per second, got {raw!r}"
+        ) from None
+    if not rate > 0:
+        raise ConfigError(f"STRIPE_API_RATE must be positive, got {raw}")
+    if rate > 100:
+        raise ConfigError(
+            f"STRIPE_API_RATE must be at most 100 (Stripe's live-mode limit per second), got {raw}"
+        )
+    return rate
+
+
+def prepared_statements_setting(env: Mapping[str, str]) -> bool | None:
+    """DB_PREPARED_STATEMENTS: True (on), False (off), or None (auto, the default)."""
+    raw = env.get("DB_PREPARED_STATEMENTS", "").strip().lower()
+    if not raw or raw == "auto":
+        return None
+    if raw in {"on", "true", "1", "yes"}:
+        return True
+    if raw in {"off", "false", "0", "no"}:
+        return False
+    raise ConfigError(f"DB_PREPARED_STATEMENTS must be on, off or auto, got {raw!r}")
+
+
+def _statuses(env: Mapping[str, str]) -> frozenset[str]:
+    raw = env.get("ENTITLED_STATUSES", "").strip()
+    if not raw:
+        return frozenset(DEFAULT_ENTITLED_STATUSES)
+    statuses = frozenset(s.strip() for s in raw.split(",") if s.strip())
+    unknown = sorted(statuses - KNOWN_STATUSES)
+    if unknown:
+        raise ConfigError(
+            f"ENTITLED_STATUSES names unknown subscription statuses: {', '.join(unknown)}"
+            f" (known: {', '.join(sorted(KNOWN_STATUSES))})"
+        )
+    return statuses

@@ -1,0 +1,166 @@
+"""Apply the numbered SQL files in schema/ in order, each exactly once.
+
+Each migration runs in its own transaction together with the row that records it, so a
+failure leaves the database as it was before that file. A session-level advisory lock
+makes two releases that start at the same time take turns instead of racing. Before the
+numbered files, the migrator creates its own bookkeeping (schema/bootstrap.sql) and, on a
+plain PostgreSQL, the pieces of Supabase's auth the schema refers to (schema/auth_stub.sql).
+"""
+
+import hashlib
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cached_property
+from pathlib import Path
+
+import psycopg
+
+from webhook.core.errors import MigrationError
+from webhook.database.sqlfile import split_statements
+
+SCHEMA_DIR = Path(
+    os.environ.get("WEBHOOK_SCHEMA_DIR") or Path(__file__).resolve().parents[2] / "schema"
+)
+MIGRATION_FILE = re.compile(r"^(?P<version>\d{3})_(?P<name>[\w-]+)\.sql$")
+# An arbitrary constant shared by every process that migrates this schema.
+ADVISORY_LOCK_KEY = 4_271_552_901
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One numbered file of schema/."""
+
+    version: str
+    name: str
+    path: Path
+
+    @cached_property
+    def sql(self) -> str:
+        return self.path.read_text(encoding="utf-8")
+
+    @cached_property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class MigrationState:
+    """A migration as the database sees it."""
+
+    migration: Migration
+    applied_at: datetime | None
+    checksum_matches: bool
+
+    @property
+    def pending(self) -> bool:
+        return self.applied_at is None
+
+
+def discover(schema_dir: Path = SCHEMA_DIR) -> list[Migration]:
+    """The numbered migrations in `schema_dir`, in version order."""
+    found = []
+    for path in sorted(schema_dir.glob("*.sql")):
+        match = MIGRATION_FILE.match(path.name)
+        if match:
+            found.append(Migration(match["version"], match["name"], path))
+    versions = [m.version for m in found]
+    duplicates = sorted({v for v in versions if versions.count(v) > 1})
+    if duplicates:
+        raise MigrationError(f"two migrations share the version number {', '.join(duplicates)}")
+    return found
+
+
+def status(conn: psycopg.Connection, schema_dir: Path = SCHEMA_DIR) -> list[MigrationState]:
+    """Every known migration with when it was applied (None when pending)."""
+    applied = _applied(conn)
+    states = []
+    for migration in discover(schema_dir):
+        row = applied.get(migration.version)
+        states.append(
+            MigrationState(
+                migration=migration,
+                applied_at=row[0] if row else None,
+                checksum_matches=row is None or row[1] == migration.checksum,
+            )
+        )
+    return states
+
+
+def pending(conn: psycopg.Connection, schema_dir: Path = SCHEMA_DIR) -> list[Migration]:
+    """The migrations not applied yet."""
+    return [s.migration for s in status(conn, schema_dir) if s.pending]
+
+
+def migrate(
+    conn: psycopg.Connection,
+    schema_dir: Path = SCHEMA_DIR,
+    report: Callable[[str], None] = lambda _line: None,
+) -> list[Migration]:
+    """Apply every pending migration; return those applied. Re-running applies nothing.
+
+    `conn` must be in autocommit mode: the advisory lock is held across the transactions.
+    """
+    if not conn.autocommit:
+        raise ValueError("migrate() needs an autocommit connection")
+    conn.execute("select pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))
+    try:
+        _run_file(conn, schema_dir / "bootstrap.sql")
+        _run_file(conn, schema_dir / "auth_stub.sql")
+        report(f"auth: {describe_auth(conn)}")
+        applied = []
+        for migration in pending(conn, schema_dir):
+            with conn.transaction():
+                _run_statements(conn, migration.path.name, migration.sql)
+                conn.execute(
+                    "insert into webhook_private.schema_migrations (version, name, checksum)"
+                    " values (%s, %s, %s)",
+                    (migration.version, migration.name, migration.checksum),
+                )
+            report(f"applied {migration.path.name}")
+            applied.append(migration)
+        return applied
+    finally:
+        conn.execute("select pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
+
+
+def run_script(conn: psycopg.Connection, path: Path) -> None:
+    """Run one SQL file (seed, teardown) in a single transaction; roll back on failure."""
+    _run_file(conn, path)
+
+
+def _run_file(conn: psycopg.Connection, path: Path) -> None:
+    with conn.transaction():
+        _run_statements(conn, path.name, path.read_text(encoding="utf-8"))
+
+
+def _run_statements(conn: psycopg.Connection, filename: str, script: str) -> None:
+    for statement in split_statements(script):
+        try:
+            conn.execute(statement.text.encode("utf-8"))
+        except psycopg.Error as exc:
+            reason = exc.diag.message_primary or str(exc).strip()
+            raise MigrationError(
+                f"{filename}, statement at line {statement.line} ({statement.summary}): "
+                f"{reason}; this file was rolled back and nothing of it was applied"
+            ) from None
+
+
+def _applied(conn: psycopg.Connection) -> dict[str, tuple[datetime, str]]:
+    exists = conn.execute("select to_regclass('webhook_private.schema_migrations')").fetchone()
+    if not exists or exists[0] is None:
+        return {}
+    rows = conn.execute(
+        "select version, applied_at, checksum from webhook_private.schema_migrations"
+    ).fetchall()
+    return {version: (applied_at, checksum) for version, applied_at, checksum in rows}
+
+
+def describe_auth(conn: psycopg.Connection) -> str:
+    """Whose auth.users the schema is built on: Supabase's or the stand-in."""
+    row = conn.execute("select obj_description(to_regclass('auth.users'), 'pg_class')").fetchone()
+    if row and row[0] and "stand-in" in row[0]:
+        return "plain PostgreSQL, using the stand-in auth schema from schema/auth_stub.sql"
+    return "Supabase (or another provider of auth.users); nothing was created in auth"

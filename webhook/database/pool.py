@@ -1,0 +1,103 @@
+"""The web app's connection pool: opened in the process that uses it, failing as 503.
+
+gunicorn forks workers from a master; a pool opened before the fork would share sockets
+between processes. The pool is therefore created on first use and re-created if the
+process id changed since. Waiting for a connection is bounded (DB_POOL_TIMEOUT), and
+every way of not getting a working connection becomes DatabaseUnavailable.
+"""
+
+import atexit
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from webhook.core.errors import DatabaseUnavailable
+from webhook.database.connect import first_line, mask_url
+
+T = TypeVar("T")
+
+
+class Database:
+    """A lazily opened, fork-aware pool of autocommit connections."""
+
+    def __init__(
+        self, url: str, *, min_size: int, max_size: int, timeout: float, prepare: bool = True
+    ) -> None:
+        self.url = url
+        # prepare_threshold None: never prepare (a pooler in transaction mode); 5 is psycopg's default.
+        self._connect_options = {
+            "autocommit": True,
+            "connect_timeout": 5,
+            "prepare_threshold": 5 if prepare else None,
+        }
+        self._min_size = min_size
+        self._max_size = max_size
+        self._timeout = timeout
+        self._pool: ConnectionPool | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+        atexit.register(self.close)
+
+    def pool(self) -> ConnectionPool:
+        """The open pool of this process."""
+        with self._lock:
+            if self._pool is None or self._pid != os.getpid():
+                self._pool = ConnectionPool(
+                    self.url,
+                    min_size=self._min_size,
+                    max_size=self._max_size,
+                    timeout=self._timeout,
+                    kwargs=self._connect_options,
+                    open=False,
+                    name="webhook",
+                )
+                self._pool.open(wait=False)
+                self._pid = os.getpid()
+            return self._pool
+
+    @contextmanager
+    def connection(self, timeout: float | None = None) -> Iterator[psycopg.Connection]:
+        """A connection from the pool; DatabaseUnavailable if none comes in time."""
+        try:
+            with self.pool().connection(timeout=timeout) as conn:
+                yield conn
+        except PoolTimeout:
+            raise DatabaseUnavailable(
+                f"no database connection within {timeout or self._timeout:g}s ({mask_url(self.url)})"
+            ) from None
+        except psycopg.OperationalError as exc:
+            raise DatabaseUnavailable(f"database error: {first_line(exc)}") from None
+
+    def run(self, work: Callable[[psycopg.Connection], T]) -> T:
+        """Run `work` on a pooled connection, once more on a fresh one if the first was dead.
+
+        A database restart leaves broken connections in the pool; `work` is transactional,
+        so trying again on another connection cannot apply anything twice.
+        """
+        for attempt in (1, 2):
+            with self.connection() as conn:
+                try:
+                    return work(conn)
+                except psycopg.OperationalError:
+                    if attempt == 2 or not conn.broken:
+                        raise
+            # The connection died under us (say, a database restart): once more on another.
+        raise DatabaseUnavailable("database connection lost twice")
+
+    def in_use(self) -> int:
+        """Connections currently lent out (for /metrics)."""
+        if self._pool is None or self._pid != os.getpid():
+            return 0
+        stats = self._pool.get_stats()
+        return stats.get("pool_size", 0) - stats.get("pool_available", 0)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None and self._pid == os.getpid():
+                self._pool.close()
+            self._pool = None

@@ -1,0 +1,280 @@
+"""The drain: apply stored (`received`) events in batches, one transaction per batch.
+
+A batch is claimed with `FOR NO KEY UPDATE SKIP LOCKED` inside the transaction that
+applies it, so any number of drains, in any number of processes and hosts, share the
+queue without taking an event twice, and a drain killed mid-batch returns its events to
+the queue by itself (its transaction is rolled back). Within the batch:
+
+- the Stripe customers of all its events are locked first, without waiting: an event
+  whose Stripe customer another transaction holds (another drain's batch, a delivery in
+  inline mode, a sync page) is left in the queue for the next batch, so drains never wait
+  on each other and a busy customer never holds up the events behind it;
+- subscription events go through the batch engine of `replay` (subscription_batch), which
+  decides them in memory with the handler's rules and writes the net result;
+- types without a handler are settled as `ignored` in the same statement that records
+  every outcome;
+- the rest (checkout, failed payments, customers, catalog, and subscription events the
+  batch engine leaves) go through their handlers one by one, each in a savepoint, so an
+  event that fails, or whose handler raises, is `failed` with its reason and never stops
+  the events behind it;
+- paid invoices come last, decided together by renewal_batch with the invoice handler's
+  rule (after the batch's other events: its checkouts have linked their customers, its
+  `customer.deleted` unlinked them), and go one by one through the handler if the
+  database refuses that batch's writes.
+
+Events in one batch are applied in an order of the drain's choosing: the mirror, the links
+and the resets are order-safe, so the result is the one any delivery order gives.
+"""
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import psycopg
+
+from webhook.core import json_decode
+from webhook.pipeline import renewal_batch, subscription_batch
+from webhook.pipeline.handlers import HANDLERS
+from webhook.pipeline.handlers.base import Outcome
+from webhook.pipeline.processor import ProcessingRules, as_failure, run_handler
+from webhook.pipeline.renewal_batch import Renewal
+from webhook.pipeline.replay_result import ReplayResult
+from webhook.pipeline.subscription_batch import Candidate
+from webhook.stripe.payloads import Event, PayloadError, parse_event
+
+log = logging.getLogger(__name__)
+
+BATCH_EVENTS = 200
+DEFERRED_PAUSE_SECONDS = 0.02
+
+
+@dataclass(frozen=True)
+class Applied:
+    """One drained event: what it did, and how long it waited in the queue."""
+
+    event_id: str
+    event_type: str
+    outcome: Outcome
+    waited_seconds: float
+
+
+_CLAIM = """
+select e.id, e.payload::text, e.received_at, extract(epoch from now() - e.received_at)
+  from webhook_private.events e
+ where e.status = 'received' and e.payload is not null
+ order by e.received_at, e.id
+ limit %(limit)s
+   for no key update skip locked
+"""
+
+# Chosen events (a catch-up's), in the order Stripe created them.
+_CLAIM_ONLY = """
+select e.id, e.payload::text, e.received_at, extract(epoch from now() - e.received_at)
+  from webhook_private.events e
+ where e.id = any(%(only)s::text[]) and e.status = 'received' and e.payload is not null
+ order by e.stripe_created, e.id
+ limit %(limit)s
+   for no key update skip locked
+"""
+
+
+def drain_batch(
+    conn: psycopg.Connection,
+    rules: ProcessingRules,
+    *,
+    limit: int = BATCH_EVENTS,
+    only: Sequence[str] | None = None,
+    trigger: str = "delivery",
+    known: Mapping[str, Event] | None = None,
+) -> list[Applied]:
+    """Claim up to `limit` received events and apply them; [] when none could be.
+
+    [] means the queue is empty, or every claimed event's Stripe customer was busy (then
+    after a short pause, so a caller that loops does not spin). `conn` must be in
+    autocommit mode. A lost connection, a lock or statement timeout, or a deadlock rolls
+    the whole batch back (its events stay queued) and is raised. `only` restricts the
+    claim to these event ids (a catch-up applying what it stored; `trigger` then names it).
+    `known` holds events this process stored and parsed already (the request had to):
+    their stored payload is not decoded again.
+    """
+    started = time.perf_counter()
+    with conn.transaction():
+        conn.execute(
+            "select set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true),"
+            " set_config('webhook.source', '', true),"
+            " set_config('plan_cache_mode', 'force_custom_plan', true)",
+            (f"{rules.lock_timeout_ms}ms", f"{rules.statement_timeout_ms}ms"),
+        )
+        query = _CLAIM if only is None else _CLAIM_ONLY
+        rows = conn.execute(
+            query, {"only": list(only) if only is not None else None, "limit": limit}
+        ).fetchall()
+        if not rows:
+            return []
+        waited = {row[0]: float(row[3]) for row in rows}
+        results = _apply(conn, rows, rules, known or {})
+        if results:
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            subscription_batch.record_outcomes(conn, results, elapsed_ms / len(results), trigger)
+    if not results:
+        time.sleep(DEFERRED_PAUSE_SECONDS)  # every event's customer was busy: let them finish
+    return [Applied(r.event_id, r.event_type, r.outcome, waited[r.event_id]) for r in results]
+
+
+def queued(conn: psycopg.Connection) -> bool:
+    """Whether any event waits to be applied."""
+    row = conn.execute(
+        "select exists (select from webhook_private.events where status = 'received'"
+        " and payload is not null)"
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def drain_until_empty(
+    conn: psycopg.Connection,
+    rules: ProcessingRules,
+    *,
+    limit: int = BATCH_EVENTS,
+    on_applied: Callable[[Sequence[Applied]], None] = lambda _applied: None,
+) -> int:
+    """Apply batches until the queue is empty; return how many events were applied."""
+    total = 0
+    while True:
+        applied = drain_batch(conn, rules, limit=limit)
+        if not applied and not queued(conn):
+            return total
+        on_applied(applied)
+        total += len(applied)
+
+
+def _apply(
+    conn: psycopg.Connection,
+    rows: list[tuple[str, str, datetime, float]],
+    rules: ProcessingRules,
+    known: Mapping[str, Event],
+) -> list[ReplayResult]:
+    results: list[ReplayResult] = []
+    events: list[Event] = []
+    for event_id, payload, _, _ in rows:
+        cached = known.get(event_id)
+        if cached is not None:
+            events.append(cached)
+            continue
+        try:
+            events.append(parse_event(_decoded(payload), payload))
+        except PayloadError as exc:  # stored by an older version, or by hand
+            results.append(
+                _result(event_id, "unknown", Outcome.failed(f"stored event is unusable: {exc}"))
+            )
+    busy = _busy_customers(conn, {c for e in events if (c := e.stripe_customer)})
+    events = [e for e in events if e.stripe_customer not in busy]
+    ignored = [e for e in events if e.type not in HANDLERS]
+    handled = [e for e in events if e.type in HANDLERS]
+    candidates: list[Candidate] = []
+    one_by_one: list[Event] = []
+    for event in handled:
+        candidate = subscription_batch.candidate_for(event, rules)
+        if candidate is None:
+            one_by_one.append(event)
+        else:
+            candidates.append(candidate)
+    batched = _apply_batch(conn, candidates, rules)
+    results.extend(batched)
+    done = {r.event_id for r in batched}
+    one_by_one.extend(c.event for c in candidates if c.event.id not in done)
+    results.extend(_result(e.id, e.type, Outcome.ignored()) for e in ignored)
+    renewals: list[Renewal] = []
+    for event in one_by_one:
+        renewal = renewal_batch.renewal_for(event)
+        if renewal is None:
+            results.append(_apply_one(conn, event, rules))
+        else:
+            renewals.append(renewal)
+    renewed = _apply_renewals(conn, renewals)
+    results.extend(renewed)
+    done = {r.event_id for r in renewed}
+    results.extend(_apply_one(conn, r.event, rules) for r in renewals if r.event.id not in done)
+    return results
+
+
+def _decoded(payload: str) -> object:
+    try:
+        return json_decode.loads(payload)
+    except ValueError:
+        return None  # parse_event then says it is not an event
+
+
+def _apply_batch(
+    conn: psycopg.Connection, candidates: list[Candidate], rules: ProcessingRules
+) -> list[ReplayResult]:
+    """The batch engine over the subscription events, in a savepoint; [] if it refuses."""
+    return _in_savepoint(
+        conn, "batch engine", len(candidates),
+        lambda: subscription_batch.apply_candidates(conn, candidates, rules),
+    )  # fmt: skip
+
+
+def _apply_renewals(conn: psycopg.Connection, renewals: list[Renewal]) -> list[ReplayResult]:
+    """The paid invoices through renewal_batch, in a savepoint; [] if it refuses.
+
+    The handlers before it left the last one's `webhook.source` set for the rest of the
+    transaction; it is emptied first, so that renewal_batch names its own audit rows.
+    """
+
+    def apply() -> list[ReplayResult]:
+        conn.execute("select set_config('webhook.source', '', true)")
+        return renewal_batch.apply_renewals(conn, renewals)
+
+    return _in_savepoint(conn, "renewal batch", len(renewals), apply)
+
+
+def _in_savepoint(
+    conn: psycopg.Connection, name: str, count: int, apply: Callable[[], list[ReplayResult]]
+) -> list[ReplayResult]:
+    """Run one of the batch paths in a savepoint; [] when there is nothing or it refuses.
+
+    A write the database refuses, or a fault of the path, rolls the savepoint back and
+    leaves every one of these events to the handlers, which find the one that fails. A
+    lost connection or a timeout is raised: the whole batch goes back to the queue.
+    """
+    if not count:
+        return []
+    try:
+        with conn.transaction():
+            return apply()
+    except psycopg.OperationalError:
+        raise
+    except psycopg.Error:
+        return []
+    except Exception:
+        log.exception("drain: the %s failed; applying %d events one by one", name, count)
+        return []
+
+
+def _apply_one(conn: psycopg.Connection, event: Event, rules: ProcessingRules) -> ReplayResult:
+    """One event through its handler, in a savepoint: its failure is its own."""
+    try:
+        with conn.transaction():
+            conn.execute("select set_config('webhook.source', %s, true)", (f"stripe:{event.id}",))
+            outcome = run_handler(conn, event, rules)
+    except Exception as exc:
+        outcome = as_failure(exc, event)  # re-raises what means "retry later"
+    return _result(event.id, event.type, outcome)
+
+
+def _result(event_id: str, event_type: str, outcome: Outcome) -> ReplayResult:
+    return ReplayResult(event_id, event_type, outcome, None, None)
+
+
+def _busy_customers(conn: psycopg.Connection, stripe_customers: set[str]) -> set[str]:
+    """Take each Stripe customer's lock if it is free; return those another holds."""
+    if not stripe_customers:
+        return set()
+    rows = conn.execute(
+        "select s, pg_try_advisory_xact_lock(hashtextextended('stripe-customer:' || s, 0))"
+        " from unnest(%s::text[]) with ordinality as t(s, n) order by n",
+        (sorted(stripe_customers),),
+    ).fetchall()
+    return {stripe_customer for stripe_customer, locked in rows if not locked}

@@ -1,0 +1,232 @@
+"""Keep draining: the loop that runs in each web worker, or as `python -m webhook drain`.
+
+Each cycle applies a batch of received events (drain.py) and the application's pending
+link requests (application_links.py), on a connection of its own, so a drain never takes
+a connection a request is waiting for. It wakes at once when its own process has stored an
+event (wake()), and otherwise polls every POLL_SECONDS, which picks up events stored by
+other processes or hosts and batches a dead drain left behind. No NOTIFY: it would take a
+cluster-wide lock at every commit, and LISTEN does not work through a transaction pooler.
+
+While the database is unreachable the loop backs off, up to MAX_BACKOFF_SECONDS, and
+resumes by itself; a deadlock or a lock timeout just retries the batch. stop() lets the
+batch in hand commit (or, if the process is killed, its transaction rolls back and the
+events return to the queue).
+"""
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import psycopg
+
+from webhook.core.errors import ProjectError
+from webhook.database.connect import first_line, mask_url
+from webhook.pipeline.drain import BATCH_EVENTS, Applied, drain_batch, queued
+from webhook.pipeline.processor import ProcessingRules
+from webhook.rules import application_links
+from webhook.stripe.payloads import Event
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.25
+MAX_BACKOFF_SECONDS = 30.0
+LINK_REQUESTS_PER_CYCLE = 100
+# Parsed events kept for this process's drain: at most this many, for at most this long
+# (another process's drain may take an event; its entry must not outlive that).
+KNOWN_EVENTS_LIMIT = 2_000
+KNOWN_EVENTS_SECONDS = 5.0
+# After a wake-up, how long to let more deliveries arrive before claiming a batch.
+GATHER_SECONDS = 0.025
+
+
+class DrainWorker:
+    """Drains the queue and applies link requests until stopped."""
+
+    def __init__(
+        self,
+        url: str,
+        rules: ProcessingRules,
+        *,
+        prepare: bool = True,
+        batch_size: int = BATCH_EVENTS,
+        poll_seconds: float = POLL_SECONDS,
+        on_applied: Callable[[Sequence[Applied]], None] = lambda _applied: None,
+    ) -> None:
+        self._url = url
+        self._rules = rules
+        self._prepare = prepare
+        self._batch_size = batch_size
+        self._poll_seconds = poll_seconds
+        self._on_applied = on_applied
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._conn: psycopg.Connection | None = None
+        self._lock = threading.Lock()  # one cycle at a time (the thread, or a caller)
+        self._starting = threading.Lock()
+        self._last_warning: str | None = None
+        # Events this process stored and parsed, until its drain applies them (bounded).
+        self._known: dict[str, Event] = {}  # insertion order: oldest first
+        self._known_since: dict[str, float] = {}
+
+    # -- control --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run the loop in a daemon thread (once per process; later calls do nothing)."""
+        with self._starting:
+            if self._thread is None or not self._thread.is_alive():
+                self._stop.clear()
+                self._thread = threading.Thread(target=self.run, name="webhook-drain", daemon=True)
+                self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def wake(self, event: Event | None = None) -> None:
+        """An event was stored in this process: drain now rather than at the next poll.
+
+        Handing over the parsed event spares the drain decoding its payload again (if
+        another process's drain takes it, that one reads the stored payload).
+        """
+        if event is not None and len(self._known) < KNOWN_EVENTS_LIMIT:
+            self._known[event.id] = event
+            self._known_since[event.id] = time.monotonic()
+        self._wake.set()
+
+    def request_stop(self) -> None:
+        """Ask the loop to stop after the batch in hand (safe from a signal handler)."""
+        self._stop.set()
+        self._wake.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish the batch in hand, then stop; close the connection."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        with self._lock:
+            self._close()
+
+    # -- work -----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """The loop; returns once stop() is called."""
+        backoff = 0.0
+        while not self._stop.is_set():
+            try:
+                busy = self.cycle()
+                backoff, self._last_warning = 0.0, None
+            except psycopg.OperationalError as exc:
+                broken = self._conn is None or self._conn.broken
+                if broken:
+                    with self._lock:
+                        self._close()
+                    backoff = min(max(backoff * 2, 0.5), MAX_BACKOFF_SECONDS)
+                    self._warn(f"drain: database unavailable ({first_line(exc)}); retrying")
+                else:  # a deadlock or a lock timeout: the batch was rolled back, try again
+                    backoff = 0.05
+                    log.info("drain: %s; retrying the batch", first_line(exc))
+                self._stop.wait(backoff)
+                continue
+            except Exception:  # never let the loop die; the next cycle may succeed
+                log.exception("drain: unexpected error; retrying")
+                with self._lock:
+                    self._close()
+                backoff = min(max(backoff * 2, 0.5), MAX_BACKOFF_SECONDS)
+                self._stop.wait(backoff)
+                continue
+            if not busy:
+                self._wake.wait(self._poll_seconds)
+                self._wake.clear()
+                # Let a few more deliveries arrive: one batch of many costs much less
+                # than many batches of one, for a few milliseconds of latency.
+                self._stop.wait(GATHER_SECONDS)
+        with self._lock:
+            self._close()
+
+    def cycle(self) -> bool:
+        """One batch and the pending link requests; whether more may be waiting."""
+        with self._lock:
+            conn = self._connection()
+            applied = self._drain_batch(conn)
+            links = application_links.apply_pending(
+                conn,
+                self._rules.entitled_statuses,
+                limit=LINK_REQUESTS_PER_CYCLE,
+                lock_timeout_ms=self._rules.lock_timeout_ms,
+            )
+        if applied:
+            self._on_applied(applied)
+        return len(applied) == self._batch_size or links == LINK_REQUESTS_PER_CYCLE
+
+    def until_empty(self, timeout: float = 60.0) -> int:
+        """Cycle until nothing is left; return how many events were applied (tests, CLI).
+
+        Raises ProjectError if events are still queued after `timeout` seconds (their
+        Stripe customers stayed busy).
+        """
+        total = 0
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                conn = self._connection()
+                applied = self._drain_batch(conn)
+                links = application_links.apply_pending(conn, self._rules.entitled_statuses)
+                waiting = not applied and queued(conn)
+            if applied:
+                self._on_applied(applied)
+            total += len(applied)
+            if not applied and not links and not waiting:
+                return total
+            if time.monotonic() > deadline:
+                raise ProjectError(f"events are still queued after {timeout:g}s")
+
+    def _drain_batch(self, conn: psycopg.Connection) -> list[Applied]:
+        applied = drain_batch(conn, self._rules, limit=self._batch_size, known=self._known)
+        for event in applied:
+            self._known.pop(event.event_id, None)
+            self._known_since.pop(event.event_id, None)
+        self._forget_old()
+        return applied
+
+    def _forget_old(self) -> None:
+        """Drop parsed events older than KNOWN_EVENTS_SECONDS: other drains took them."""
+        cutoff = time.monotonic() - KNOWN_EVENTS_SECONDS
+        for event_id in list(self._known_since):
+            if self._known_since.get(event_id, cutoff) >= cutoff:
+                break  # the rest are newer
+            self._known_since.pop(event_id, None)
+            self._known.pop(event_id, None)
+
+    # -- connection -----------------------------------------------------------------------
+
+    def _connection(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._close()
+            try:
+                self._conn = psycopg.connect(
+                    self._url,
+                    autocommit=True,
+                    connect_timeout=5,
+                    prepare_threshold=5 if self._prepare else None,
+                    application_name="webhook-drain",
+                )
+            except psycopg.OperationalError as exc:
+                raise psycopg.OperationalError(
+                    f"cannot reach the database at {mask_url(self._url)}: {first_line(exc)}"
+                ) from None
+        return self._conn
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+
+    def _warn(self, message: str) -> None:
+        if message != self._last_warning:
+            self._last_warning = message
+            log.warning("%s", message)

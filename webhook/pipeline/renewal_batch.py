@@ -1,0 +1,174 @@
+"""Renewal invoices in batches, with the result of their handler applied one by one.
+
+At the start of a month most of the queue is renewals: for each subscription an
+`invoice.paid` and an `invoice.payment_succeeded` for the same invoice. One by one, each
+takes a savepoint and four statements (lock, link lookup, reset claim, resource update).
+Here a whole batch of them is decided in memory, in the order given, by the handler's rule
+(handlers/invoices.py), and written in four statements:
+
+- an invoice that is not a `subscription_cycle` renewal is ignored without a lookup;
+- an invoice whose Stripe customer is not linked is ignored (linking assigns the plan
+  with its full resources later);
+- a renewal claims its reset once per invoice, and only when its period starts after the
+  customer's last reset; a claimed reset puts the customer's resources back to the plan's.
+
+Each claimed reset names its event; the customer's `resource_reset` audit row names the
+first event that changed the balance, as the handler would. An invoice this path cannot
+read (no id, no customer, a timestamp out of range) is left to the handler, which fails it
+with its reason.
+"""
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import psycopg
+
+from webhook.pipeline.handlers.base import Outcome
+from webhook.pipeline.replay_result import ReplayResult
+from webhook.pipeline.subscription_batch import name_audit_rows
+from webhook.stripe.payloads import (
+    Event,
+    PayloadError,
+    expandable_id,
+    invoice_service_period_start,
+    invoice_subscription_id,
+    timestamp,
+)
+
+RENEWAL_TYPES = frozenset({"invoice.paid", "invoice.payment_succeeded"})
+
+
+@dataclass(frozen=True)
+class Renewal:
+    """A parsed paid-invoice event; `stripe_customer` is None when it is no cycle renewal."""
+
+    event: Event
+    stripe_customer: str | None
+    invoice_id: str | None = None
+    subscription_id: str | None = None
+    period_start: datetime | None = None
+
+
+def renewal_for(event: Event) -> Renewal | None:
+    """The event as this path takes it; None for another type or an unreadable invoice."""
+    if event.type not in RENEWAL_TYPES:
+        return None
+    invoice = event.object
+    if invoice.get("billing_reason") != "subscription_cycle":
+        return Renewal(event, None)
+    stripe_customer = expandable_id(invoice.get("customer"))
+    if stripe_customer is None or event.object_id is None:
+        return None
+    try:
+        period_start = timestamp(invoice_service_period_start(invoice) or event.created)
+    except PayloadError:
+        return None
+    return Renewal(
+        event, stripe_customer, event.object_id, invoice_subscription_id(invoice), period_start
+    )
+
+
+def apply_renewals(conn: psycopg.Connection, renewals: Sequence[Renewal]) -> list[ReplayResult]:
+    """Decide and write `renewals`, in the caller's transaction, in the order given.
+
+    The outcomes are the caller's to record. `webhook.source` must be empty in the
+    transaction: the audit rows the resets write are named afterwards, per customer.
+    """
+    cycles = [r for r in renewals if r.stripe_customer is not None]
+    owners = _owners(conn, sorted({r.stripe_customer for r in cycles if r.stripe_customer}))
+    customers = sorted({owner for owner in owners.values()})
+    reset_invoices, last_start = _resets(conn, customers, [r.invoice_id for r in cycles])
+    results: list[ReplayResult] = []
+    claimed: list[tuple[Renewal, uuid.UUID]] = []
+    for renewal in renewals:
+        owner = owners.get(renewal.stripe_customer) if renewal.stripe_customer else None
+        if owner is None:
+            outcome = Outcome.ignored()
+        elif renewal.invoice_id in reset_invoices or not _after(renewal, last_start.get(owner)):
+            outcome = Outcome.ignored(owner)
+        else:
+            reset_invoices.add(renewal.invoice_id)
+            last_start[owner] = renewal.period_start
+            claimed.append((renewal, owner))
+            outcome = Outcome.processed(owner)
+        results.append(ReplayResult(renewal.event.id, renewal.event.type, outcome, None, None))
+    if claimed:
+        _write(conn, claimed)
+    return results
+
+
+def _after(renewal: Renewal, last: datetime | None) -> bool:
+    return last is None or (renewal.period_start is not None and renewal.period_start > last)
+
+
+def _owners(conn: psycopg.Connection, stripe_customers: list[str]) -> dict[str | None, uuid.UUID]:
+    """Take each Stripe customer's lock (held already in a drain) and find its owner."""
+    if not stripe_customers:
+        return {}
+    conn.execute(
+        "select pg_advisory_xact_lock(hashtextextended('stripe-customer:' || s, 0))"
+        " from unnest(%s::text[]) with ordinality as t(s, n) order by n",
+        (stripe_customers,),
+    )
+    return dict(
+        conn.execute(
+            "select stripe_customer_id, customer_uuid from webhook_private.customer_links"
+            " where stripe_customer_id = any(%s)",
+            (stripe_customers,),
+        ).fetchall()
+    )
+
+
+def _resets(
+    conn: psycopg.Connection, customers: list[uuid.UUID], invoices: list[str | None]
+) -> tuple[set[str | None], dict[uuid.UUID, datetime]]:
+    """Invoices already reset (for anyone), and each customer's latest reset period."""
+    if not customers:
+        return set(), {}
+    rows = conn.execute(
+        "select invoice_id from webhook_private.resource_resets where invoice_id = any(%s)",
+        ([i for i in invoices if i is not None],),
+    ).fetchall()
+    latest = conn.execute(
+        "select customer_uuid, max(period_start) from webhook_private.resource_resets"
+        " where customer_uuid = any(%s) group by customer_uuid",
+        (customers,),
+    ).fetchall()
+    return {row[0] for row in rows}, dict(latest)
+
+
+def _write(conn: psycopg.Connection, claimed: list[tuple[Renewal, uuid.UUID]]) -> None:
+    """The claimed resets, the resources put back, and the audit rows named."""
+    conn.execute(
+        """
+        insert into webhook_private.resource_resets
+          (invoice_id, customer_uuid, subscription_id, period_start, event_id)
+        select * from unnest(%s::text[], %s::uuid[], %s::text[], %s::timestamptz[], %s::text[])
+        """,
+        (
+            [r.invoice_id for r, _ in claimed],
+            [owner for _, owner in claimed],
+            [r.subscription_id for r, _ in claimed],
+            [r.period_start for r, _ in claimed],
+            [r.event.id for r, _ in claimed],
+        ),
+    )
+    first_event: dict[uuid.UUID, str] = {}
+    for renewal, owner in claimed:
+        first_event.setdefault(owner, renewal.event.id)
+    customers = sorted(first_event)
+    conn.execute(
+        "select 1 from public.customer where uuid = any(%s) order by uuid for update",
+        (customers,),
+    )
+    conn.execute(
+        """
+        update public.customer set remaining_resources = plan_resources
+         where uuid = any(%s) and plan_id is not null
+           and remaining_resources is distinct from plan_resources
+        """,
+        (customers,),
+    )
+    name_audit_rows(conn, "resource_reset", first_event)

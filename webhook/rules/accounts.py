@@ -1,0 +1,247 @@
+"""Links between Stripe customers and our customers, and putting the entitled plan in place.
+
+Locking, so two workers or two hosts never interleave work on one customer:
+- every event about a Stripe customer first takes a transaction advisory lock on its id;
+- recomputing a plan locks the customer row before reading the subscriptions, so the
+  second of two concurrent recomputations sees the first one's committed subscriptions.
+Rows of two customers (moving a link) are locked in uuid order, so no deadlock.
+"""
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+import psycopg
+
+from webhook.core.errors import ProjectError
+from webhook.rules.entitlement import Entitlement, PlanCatalog, entitled_plan
+from webhook.stripe.payloads import timestamp
+
+
+class ApplyError(ProjectError):
+    """The event cannot be applied for a data reason (kept as failed, replayable)."""
+
+
+@dataclass(frozen=True)
+class MirroredSubscription:
+    """A row of the subscription mirror, as the entitlement rule needs it."""
+
+    id: str
+    status: str
+    price_ids: tuple[str, ...]
+    product_ids: tuple[str | None, ...]
+
+
+def lock_stripe_customer(conn: psycopg.Connection, stripe_customer_id: str) -> None:
+    """Serialise all work on one Stripe customer until the transaction ends."""
+    conn.execute(
+        "select pg_advisory_xact_lock(hashtextextended(%s, 0))",
+        (f"stripe-customer:{stripe_customer_id}",),
+    )
+
+
+def linked_customer(conn: psycopg.Connection, stripe_customer_id: str) -> uuid.UUID | None:
+    """Our customer that owns this Stripe customer; None if unlinked or deleted."""
+    row = conn.execute(
+        "select customer_uuid from webhook_private.customer_links where stripe_customer_id = %s",
+        (stripe_customer_id,),
+    ).fetchone()
+    return row[0] if row else None
+
+
+def link(
+    conn: psycopg.Connection,
+    stripe_customer_id: str,
+    customer: uuid.UUID,
+    event_id: str,
+    event_created: int | datetime,
+) -> set[uuid.UUID]:
+    """Make `customer` own `stripe_customer_id`; return the customers whose plan may change.
+
+    The newest fact (an event by Stripe's `created`, the application's write by the moment
+    it was made) decides who owns a Stripe customer, whatever the order they are applied
+    in; a Stripe customer unlinked after `event_created` stays unlinked, and a deleted one
+    is never linked again. `event_id` names what made the link (an event id, or
+    `application`).
+    """
+    existing = conn.execute(
+        "select customer_uuid, event_created, deleted_at from webhook_private.customer_links"
+        " where stripe_customer_id = %s for update",
+        (stripe_customer_id,),
+    ).fetchone()
+    created = _moment(event_created)
+    if existing is not None and existing[2] is not None:
+        return set()  # the Stripe customer was deleted; nothing can link it any more
+    if existing is not None and existing[0] != customer and existing[1] > created:
+        # An older fact cannot take the link from its newer owner, or undo a newer unlink.
+        return {existing[0]} if existing[0] is not None else set()
+    previous = existing[0] if existing is not None else None
+    affected = {customer} | ({previous} if previous else set())
+    found = conn.execute(
+        "select uuid from public.customer where uuid = any(%s) order by uuid for update",
+        (sorted(affected),),
+    ).fetchall()
+    if customer not in {row[0] for row in found}:
+        raise ApplyError(f"no customer with uuid {customer}; the reference in the event is unknown")
+    conn.execute(
+        """
+        insert into webhook_private.customer_links as l
+          (stripe_customer_id, customer_uuid, event_created, linked_by_event)
+        values (%s, %s, %s, %s)
+        on conflict (stripe_customer_id) do update
+          set customer_uuid = excluded.customer_uuid,
+              event_created = greatest(l.event_created, excluded.event_created),
+              linked_by_event = case when excluded.event_created >= l.event_created
+                                     then excluded.linked_by_event else l.linked_by_event end,
+              linked_at = now()
+        """,
+        (stripe_customer_id, customer, created, event_id),
+    )
+    if previous is not None and previous != customer:
+        show_latest_link(conn, previous)  # first: stripe_customer_id is unique
+    show_latest_link(conn, customer)
+    return affected
+
+
+def release(
+    conn: psycopg.Connection,
+    stripe_customer_id: str,
+    customer: uuid.UUID,
+    as_of: datetime,
+    reason: str,
+) -> bool:
+    """Unlink `stripe_customer_id` from `customer` as of a moment, if nothing newer linked it.
+
+    Unlike a deletion this is not for good: a fact newer than `as_of` may link it again.
+    Returns whether the link was released. The caller shows the customer's links afterwards.
+    """
+    row = conn.execute(
+        """
+        update webhook_private.customer_links
+           set customer_uuid = null, event_created = %(as_of)s, linked_by_event = %(reason)s,
+               linked_at = now()
+         where stripe_customer_id = %(id)s and customer_uuid = %(customer)s
+           and event_created <= %(as_of)s
+        returning 1
+        """,
+        {"id": stripe_customer_id, "customer": customer, "as_of": as_of, "reason": reason},
+    ).fetchone()
+    return row is not None
+
+
+def unlink(
+    conn: psycopg.Connection, stripe_customer_id: str, event_created: int
+) -> uuid.UUID | None:
+    """Mark a Stripe customer deleted (for good); return the customer that owned it."""
+    previous = linked_customer(conn, stripe_customer_id)
+    if previous is not None:
+        conn.execute("select 1 from public.customer where uuid = %s for update", (previous,))
+    created = timestamp(event_created)
+    conn.execute(
+        """
+        insert into webhook_private.customer_links as l
+          (stripe_customer_id, customer_uuid, event_created, deleted_at)
+        values (%s, null, %s, %s)
+        on conflict (stripe_customer_id) do update
+          set customer_uuid = null, deleted_at = excluded.deleted_at,
+              event_created = greatest(l.event_created, excluded.event_created)
+        """,
+        (stripe_customer_id, created, created),
+    )
+    if previous is not None:
+        show_latest_link(conn, previous)
+    return previous
+
+
+def show_latest_link(conn: psycopg.Connection, customer: uuid.UUID) -> None:
+    """customer.stripe_customer_id shows its newest live Stripe customer (by event), or null.
+
+    This write is the service's own, not the application's: `webhook.writing_links` tells
+    the column's trigger (migration 007) not to turn it into a link request.
+    """
+    conn.execute("select set_config('webhook.writing_links', 'on', true)")
+    conn.execute(
+        """
+        update public.customer c
+           set stripe_customer_id = latest.id
+          from (select (select l.stripe_customer_id from webhook_private.customer_links l
+                         where l.customer_uuid = %(c)s
+                         order by l.event_created desc, l.stripe_customer_id desc limit 1) as id) latest
+         where c.uuid = %(c)s and c.stripe_customer_id is distinct from latest.id
+        """,
+        {"c": customer},
+    )
+
+
+def _moment(value: int | datetime) -> datetime:
+    """A Stripe `created` second or an exact moment, as a timestamptz parameter."""
+    if isinstance(value, datetime):
+        return value
+    moment = timestamp(value)
+    assert moment is not None
+    return moment
+
+
+Grants = dict[uuid.UUID, list[MirroredSubscription]]
+
+# Every plan a Stripe price or product can name; the table is small, so it is read whole.
+CATALOG_QUERY = """
+select id, price, stripe_price_id, stripe_plan_id, stripe_product_id from public.plans
+ where coalesce(stripe_price_id, stripe_plan_id, stripe_product_id) is not null
+"""
+
+
+def read_catalog(conn: psycopg.Connection) -> PlanCatalog:
+    """The plans that Stripe prices and products map to."""
+    return PlanCatalog.from_plans(conn.execute(CATALOG_QUERY).fetchall())
+
+
+def read_grants(conn: psycopg.Connection, customers: list[uuid.UUID]) -> Grants:
+    """Each customer's mirrored subscriptions, through their live links (one query)."""
+    rows = conn.execute(
+        """
+        select l.customer_uuid, s.id, s.status, s.price_ids, s.product_ids
+          from webhook_private.customer_links l
+          join webhook_private.subscriptions s on s.stripe_customer_id = l.stripe_customer_id
+         where l.customer_uuid = any(%s)
+        """,
+        (customers,),
+    ).fetchall()
+    grants: Grants = {}
+    for owner, sub_id, status, prices, products in rows:
+        grants.setdefault(owner, []).append(
+            MirroredSubscription(sub_id, status, tuple(prices), tuple(products))
+        )
+    return grants
+
+
+def recompute_plan(
+    conn: psycopg.Connection,
+    customer: uuid.UUID,
+    entitled_statuses: Iterable[str],
+) -> Entitlement:
+    """Set the customer's plan to what their linked subscriptions grant.
+
+    Writes only when the plan really changes, so the triggers (resource reset, audit row)
+    fire once per change and never for a no-op. Leaves the plan alone when a granting
+    subscription's price has no plan (see entitlement.py).
+    """
+    # Two statements, so the read gets a snapshot taken after the row lock is granted; in
+    # pipeline mode they still share one round trip.
+    locked = conn.execute(
+        "select plan_id from public.customer where uuid = %s for update", (customer,)
+    )
+    catalog = conn.execute(CATALOG_QUERY)
+    grants = read_grants(conn, [customer])
+    current = locked.fetchone()
+    if current is None:
+        raise ApplyError(f"no customer with uuid {customer}")
+    plans = PlanCatalog.from_plans(catalog.fetchall())
+    entitlement = entitled_plan(grants.get(customer, []), plans, entitled_statuses)
+    if not entitlement.decided or entitlement.plan_id == current[0]:
+        return entitlement
+    conn.execute(
+        "update public.customer set plan_id = %s where uuid = %s", (entitlement.plan_id, customer)
+    )
+    return entitlement

@@ -1,0 +1,152 @@
+"""POST /webhook without the web framework: verify, decode, store (or apply), answer.
+
+The one place that decides what a delivery gets. Kept free of Flask so that the WSGI
+fast path (app.py) can answer the endpoint Stripe calls thousands of times a minute with
+a fraction of the framework's work per request, while the Flask route, which handles
+what the fast path leaves (a body too large, no Content-Length), calls the same function.
+
+Three outcomes: 400 for a request that is not a valid, signed, current Stripe event
+(nothing is written), 200 once the event is durably stored, and 503 when the database
+cannot do its part right now, so that Stripe retries. By default (WEBHOOK_APPLY=queued)
+storing is all the request does: one insert, no lock waited for, no handler; the worker's
+drain applies the event moments later. With WEBHOOK_APPLY=inline the request applies it
+too, and the 200 carries its outcome.
+"""
+
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+
+from webhook.core import json_decode
+from webhook.core.errors import DatabaseUnavailable
+from webhook.pipeline import inbox
+from webhook.pipeline.event_log import log_result
+from webhook.pipeline.processor import process_delivery
+from webhook.stripe.payloads import Event, PayloadError, parse_event
+from webhook.stripe.signature import SignatureError
+from webhook.web import metrics
+from webhook.web.service import Service
+
+RETRY_AFTER_SECONDS = "5"
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What to send back: status, JSON body, extra headers."""
+
+    status: int
+    body: dict[str, object]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def handle(service: Service, payload: bytes, signature: str | None) -> Answer:
+    """The answer to one delivery of `payload` signed with `signature`."""
+    try:
+        service.verifier.verify(payload, signature)
+    except SignatureError as exc:
+        metrics.SIGNATURE_FAILURES.labels(exc.code).inc()
+        return error(400, str(exc))
+    try:
+        text = payload.decode("utf-8")  # verified above to be UTF-8
+        event = parse_event(decode_json(text), text)
+    except PayloadError as exc:
+        metrics.SIGNATURE_FAILURES.labels("not_an_event").inc()
+        return error(400, str(exc))
+    try:
+        if service.settings.apply_mode == "inline":
+            return _apply_inline(service, event)
+        return _store_queued(service, event)
+    except DatabaseUnavailable as exc:
+        return database_unavailable(exc)
+    finally:
+        metrics.POOL_IN_USE.set(service.database.in_use())
+
+
+def database_unavailable(exc: DatabaseUnavailable) -> Answer:
+    log.warning("database unavailable: %s", exc)
+    metrics.DATABASE_UNAVAILABLE.inc()
+    return error(503, "database unavailable, retry later", {"Retry-After": RETRY_AFTER_SECONDS})
+
+
+def error(status: int, reason: str, headers: dict[str, str] | None = None) -> Answer:
+    return Answer(status, {"error": reason}, headers or {})
+
+
+def _apply_inline(service: Service, event: Event) -> Answer:
+    """WEBHOOK_APPLY=inline: store and apply in the request; 200 means applied."""
+    result = service.database.run(lambda conn: process_delivery(conn, event, service.rules))
+    log_result(result)
+    outcome = "duplicate" if result.duplicate else result.outcome.status
+    if not result.duplicate:
+        metrics.RECEIVED.labels(event.type).inc()
+    metrics.EVENTS.labels(event.type, outcome).inc()
+    metrics.PROCESSING_SECONDS.observe(result.duration_ms / 1000)
+    return _received(event, result.outcome.status, result.duplicate)
+
+
+def _store_queued(service: Service, event: Event) -> Answer:
+    """WEBHOOK_APPLY=queued (the default): store the event, wake the drain, answer."""
+    started = time.perf_counter()
+    stored = service.database.run(lambda conn: inbox.receive(conn, event))
+    if service.settings.web_drain and not service.drain.running:
+        service.drain.start()  # any WSGI server; gunicorn's config starts it at boot already
+    if stored.new or stored.status == "received":
+        service.drain.wake(event)
+    if stored.new:
+        metrics.RECEIVED.labels(event.type).inc()
+    else:
+        metrics.EVENTS.labels(event.type, "duplicate").inc()
+    metrics.PROCESSING_SECONDS.observe(time.perf_counter() - started)
+    return _received(event, stored.status, not stored.new)
+
+
+def _received(event: Event, status: str, duplicate: bool) -> Answer:
+    return Answer(200, {"received": True, "id": event.id, "status": status, "duplicate": duplicate})
+
+
+def decode_json(payload: str) -> object:
+    try:
+        document = json_decode.loads(payload)
+    except (ValueError, RecursionError):
+        raise PayloadError("body is not valid JSON") from None
+    if _MAY_HOLD_UNSTORABLE.search(payload):
+        _check_storable(document)
+    return document
+
+
+# NUL and lone surrogates can only reach a decoded document through these escapes (JSON
+# forbids raw control characters, and the body was decoded as strict UTF-8), so a body
+# without them needs no walk. A match may still be harmless, such as an escaped backslash
+# before "u0000" or a valid surrogate pair: the walk decides.
+_MAY_HOLD_UNSTORABLE = re.compile(r"\\u(?:0000|d[89a-f])", re.IGNORECASE)
+
+
+def _check_storable(value: object) -> None:
+    """Refuse strings PostgreSQL cannot store: NUL characters and lone UTF-16 surrogates.
+
+    Both are valid JSON (as \\u0000 and \\ud800) and Stripe never sends them, but jsonb
+    rejects them, so they get a clear 400 here instead of failing in the database.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            if "\x00" in item:
+                raise PayloadError(
+                    "body contains a NUL character (\\u0000), which cannot be stored"
+                )
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise PayloadError(
+                        "body contains a lone UTF-16 surrogate, which cannot be stored"
+                    ) from None

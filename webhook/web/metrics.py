@@ -1,0 +1,137 @@
+"""Prometheus metrics for GET /metrics.
+
+Under gunicorn each worker counts on its own; with PROMETHEUS_MULTIPROC_DIR set (the
+gunicorn config sets it) the counts of all workers, live and dead, are added up at scrape
+time. Some figures are read from the database at scrape time instead of being counted: the
+age of the oldest failed event, how many events wait in each status (`received` is the
+queue), and the queue's lag, the age of its oldest event. Labels are event
+types and fixed words only; no ids, no customer data.
+"""
+
+from collections.abc import Iterator, Sequence
+
+import psycopg
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    values,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from webhook.core.errors import DatabaseUnavailable
+from webhook.database.pool import Database
+from webhook.pipeline.drain import Applied
+
+EVENTS = Counter(
+    "webhook_events",
+    "Stripe events applied, by event type and outcome (processed, ignored, failed), and"
+    " redeliveries of settled events (outcome duplicate).",
+    ["type", "outcome"],
+)
+RECEIVED = Counter(
+    "webhook_events_received", "New Stripe events stored by the endpoint, by event type.", ["type"]
+)
+APPLY_DELAY_SECONDS = Histogram(
+    "webhook_received_to_applied_seconds",
+    "Time from storing an event to applying it (queued mode), in seconds.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+)
+SIGNATURE_FAILURES = Counter(
+    "webhook_signature_failures", "Requests rejected before storing, by reason.", ["reason"]
+)
+DATABASE_UNAVAILABLE = Counter(
+    "webhook_database_unavailable", "Requests answered 503 because the database was unavailable."
+)
+PROCESSING_SECONDS = Histogram(
+    "webhook_processing_seconds",
+    "Time to store and apply one event, in seconds.",
+    buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+POOL_IN_USE = Gauge(
+    "webhook_db_pool_connections_in_use",
+    "Database connections lent out by the workers' pools.",
+    multiprocess_mode="livesum",
+)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# prometheus_client picks file-backed (multiprocess) or in-memory values when it is first
+# imported; the scrape must read them the same way, whatever the environment says later.
+MULTIPROCESS = values.ValueClass is not values.MutexValue
+
+
+class _InboxCollector(Collector):
+    """Figures read from the inbox at scrape time."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            with self.database.connection(timeout=2.0) as conn:
+                oldest = conn.execute(
+                    "select coalesce(extract(epoch from now() - min(received_at)), 0)"
+                    " from webhook_private.events where status = 'failed'"
+                ).fetchone()[0]
+                waiting = conn.execute(
+                    "select status, count(*) from webhook_private.events"
+                    " where status in ('failed', 'received') group by status"
+                ).fetchall()
+                lag = queue_lag_seconds(conn)
+        except DatabaseUnavailable:
+            return
+        yield GaugeMetricFamily(
+            "webhook_oldest_failed_event_age_seconds",
+            "Age of the oldest event still failed (0 when none is).",
+            value=float(oldest),
+        )
+        family = GaugeMetricFamily(
+            "webhook_inbox_events",
+            "Events in the inbox by status (failed, received).",
+            labels=["status"],
+        )
+        counts = dict(waiting)
+        for status in ("failed", "received"):
+            family.add_metric([status], counts.get(status, 0))
+        yield family
+        yield GaugeMetricFamily(
+            "webhook_queue_lag_seconds",
+            "Age of the oldest stored event not applied yet (0 when the queue is empty).",
+            value=lag,
+        )
+
+
+def queue_lag_seconds(conn: psycopg.Connection) -> float:
+    """How long the oldest received event has waited (0 when none waits)."""
+    row = conn.execute(
+        "select coalesce(extract(epoch from now() - min(received_at)), 0)"
+        " from webhook_private.events where status = 'received'"
+    ).fetchone()
+    return float(row[0]) if row else 0.0
+
+
+def observe_applied(applied: Sequence[Applied]) -> None:
+    """Count what a drain applied: outcomes by type, and how long each event waited."""
+    for event in applied:
+        EVENTS.labels(event.event_type, event.outcome.status).inc()
+        APPLY_DELAY_SECONDS.observe(event.waited_seconds)
+
+
+def render(database: Database) -> bytes:
+    """The exposition text: counted metrics (all workers) plus the inbox figures."""
+    POOL_IN_USE.set(database.in_use())
+    if MULTIPROCESS:
+        counted = CollectorRegistry()
+        multiprocess.MultiProcessCollector(counted)
+    else:
+        counted = REGISTRY
+    inbox = CollectorRegistry()
+    inbox.register(_InboxCollector(database))
+    return generate_latest(counted) + generate_latest(inbox)
