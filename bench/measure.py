@@ -32,7 +32,14 @@ def free_port() -> int:
 class Server:
     """The production path: gunicorn with the Procfile's config, on 127.0.0.1."""
 
-    def __init__(self, database_url: str, workers: int, log_path: Path, pool_size: int) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        workers: int,
+        log_path: Path,
+        pool_size: int,
+        settings: dict[str, str] | None = None,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {
@@ -47,6 +54,7 @@ class Server:
             "WEB_THREADS": str(pool_size),
             "DB_POOL_MIN_SIZE": str(pool_size),
             "DB_POOL_MAX_SIZE": str(pool_size),
+            **(settings or {}),
         }
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         self.log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()

@@ -101,11 +101,29 @@ def write_markdown(results: dict, path: Path) -> None:
         f" {small['pgbench_connections']} connections: {small['pgbench_tps']:.0f} tps with"
         f" {small['customers']:,} customers, {large['pgbench_tps']:.0f} tps with {large['customers']:,}.",
         f"Worker RSS at the end of the load runs: {', '.join(f'{r:.0f}' for r in small['worker_rss_mb'])} MiB.",
+        *_ingest_only_lines(results.get("ingest_only"), small),
         "",
         "![throughput and latency](chart.png)",
         "",
     ]
     path.write_text("\n".join(lines))
+
+
+def _ingest_only_lines(ingest: dict | None, small: dict) -> list[str]:
+    """The ceiling requests alone set: receiving and storing, with no drain running."""
+    if not ingest:
+        return []
+    requests = max(ingest["requests"], 1)
+    line = (
+        f"Requests alone (WEB_DRAIN=off, nothing applied) at {ingest['connections']} connections:"
+        f" {ingest['rate']:.0f} answered/s, p99 {ingest['p99_ms']:.1f} ms, app CPU"
+        f" {1000 * ingest['app_cpu'] / requests:.2f} ms and PostgreSQL CPU"
+        f" {1000 * ingest['postgres_cpu'] / requests:.2f} ms per request. No applied rate can"
+        " exceed this"
+    )
+    if "peer_best_rate" in small:
+        line += f" (2 x the peer would be {2 * small['peer_best_rate']:.0f}/s)"
+    return ["", line + "."]
 
 
 def _burst_rows(burst: dict | None, steady: float) -> list[str]:

@@ -7,7 +7,7 @@ Phases, each on a freshly seeded database:
    the app (requests and drains) and PostgreSQL; the peer gets the same request file, on
    its own database on the same server. Then the pgbench floor at the app's connection
    count, and a fixed-rate run at 70% of the best rate for the latency of the 200s and of
-   received→applied.
+   received→applied. Then requests alone (no drain): the ceiling of any applied rate.
 2. 1 000 000 customers and 1 000 000 old inbox events: the same sweep, without the peer.
 3. Memory: worker RSS sampled across a long run (200 000 events by default).
 4. A month-start burst: 100 000 renewal-mix events offered at twice the drain rate.
@@ -86,6 +86,7 @@ def main() -> None:
         large, postmaster_pid, plan, args, sweep=plan.sweep, label="large", fixed_rate=False
     )
     best = results["small"]["best_connections"]
+    results["ingest_only"] = _ingest_only(small, postmaster_pid, plan, args, best)
     results["memory"] = _memory_phase(small, postmaster_pid, plan, args, best)
     burst = _fresh_database(admin_url, "webhook_bench_burst", plan.small_customers, 0)
     best_answered = max(r["rate"] for r in results["small"]["runs"])
@@ -248,6 +249,33 @@ def _load_phase(
         flush=True,
     )
     return phase
+
+
+def _ingest_only(url: str, postmaster_pid, plan: Plan, args, connections: int) -> dict:
+    """Requests alone, with no drain anywhere (WEB_DRAIN=off): the most events per second
+    this machine can even receive and store, which no applied rate can exceed.
+
+    The queue it leaves is applied afterwards by `python -m webhook drain --once`.
+    """
+    server = measure.Server(url, args.workers, WORK / "gunicorn-ingest.log", args.pool,
+                            settings={"WEB_DRAIN": "off"})  # fmt: skip
+    try:
+        threads = min(2, connections)
+        budget = int(UNIQUE_EVENTS_PER_SECOND * plan.seconds * 1.3)
+        prefix = _deliveries_file("ingest", budget, plan.small_customers, 4242, threads)
+        result = measure.run_wrk(server, prefix, connections=connections, seconds=plan.seconds,
+                                 postmaster_pid=postmaster_pid, threads=threads)  # fmt: skip
+    finally:
+        server.stop()
+    subprocess.run([sys.executable, "-m", "webhook", "drain", "--once"], cwd=ROOT, check=True,
+                   env={**os.environ, "DATABASE_URL": url}, stdout=subprocess.DEVNULL)  # fmt: skip
+    measure.wait_drained(url)
+    print(
+        f"ingest only: {result.rate:.0f} answered/s at {connections} connections,"
+        f" p99 {result.p99_ms:.1f} ms",
+        flush=True,
+    )
+    return asdict_result(result)
 
 
 def _fixed_rate(server, url, postmaster_pid, plan, customers, runs, label) -> dict:

@@ -1,4 +1,9 @@
-"""Stripe webhooks mapped onto customer plans and resources in Supabase or PostgreSQL."""
+"""Stripe webhooks mapped onto customer plans and resources in Supabase or PostgreSQL.
+
+One package per layer (README, "Code map"): cli and web at the edges, then sync,
+pipeline, rules, stripe, database and core, each importing only those after it; fixtures
+builds test events for the CLI's `trigger` and the tests.
+"""
 
 from webhook.core import json_decode
 
