@@ -3,11 +3,14 @@
 Every package's `__init__.py` docstring ends with a line "May use: webhook.a, webhook.b"
 (or "May use: nothing else in webhook."). This test reads those lines, checks that they
 order the packages (no two may use each other, directly or through others), and that no
-module imports outside them, including imports inside functions. The checker is also run
-on a copy of the tree with one import pointing the wrong way, to show that it catches it.
+module reaches outside them: imports (inside functions and relative ones too), dotted
+names through the `webhook` package, and module paths in strings (importlib, gunicorn's
+`python:` settings). The checker is also run on a copy of the tree with each of those
+pointing the wrong way, to show that it catches them.
 """
 
 import ast
+import re
 import shutil
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
@@ -18,13 +21,15 @@ ROOT = Path(__file__).resolve().parent.parent / "webhook"
 # What the two modules at the top of the tree may import: the CLI for `python -m webhook`,
 # the core for the JSON decoding the root package installs in psycopg.
 ROOT_MODULES = {"__main__.py": {"cli"}, "__init__.py": {"core"}}
+# A module path in a string, such as "webhook.web.app:create_app()".
+_PATH_IN_TEXT = re.compile(r"(?<![\w.])webhook\.(\w+)")
 
 
 def allowed_imports(root: Path) -> dict[str, set[str]]:
     """Each package's "May use:" list, read from its docstring."""
     allowed: dict[str, set[str]] = {}
     for init in sorted(root.glob("*/__init__.py")):
-        docstring = ast.get_docstring(ast.parse(init.read_text())) or ""
+        docstring = ast.get_docstring(ast.parse(init.read_text(encoding="utf-8"))) or ""
         _, found, rest = docstring.partition("May use:")
         assert found, (
             f"{init.relative_to(root.parent)}: the docstring says nothing of what it may use"
@@ -37,11 +42,15 @@ def allowed_imports(root: Path) -> dict[str, set[str]]:
     return allowed
 
 
-def imported_packages(module: Path, root: Path) -> list[tuple[int, str]]:
-    """(line, package) for every import of another part of webhook in `module`."""
+def imported_packages(module: Path, root: Path, packages: set[str]) -> list[tuple[int, str]]:
+    """(line, package) for every part of webhook that `module` reaches: by import, by a
+    dotted name through `webhook`, or by a module path in a string (docstrings aside)."""
     package_parts = module.relative_to(root.parent).with_suffix("").parts[:-1]
+    tree = ast.parse(module.read_text(encoding="utf-8"))
+    docstrings = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Expr)}
     found: list[tuple[int, str]] = []
-    for node in ast.walk(ast.parse(module.read_text())):
+    for node in ast.walk(tree):
+        targets: list[str] = []
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -52,11 +61,17 @@ def imported_packages(module: Path, root: Path) -> list[tuple[int, str]]:
             targets = (
                 [f"{base}.{alias.name}" for alias in node.names] if base == "webhook" else [base]
             )
-        else:
-            continue
+        elif isinstance(node, ast.Attribute) and ast.unparse(node.value) == "webhook":
+            targets = [f"webhook.{node.attr}"]
+        elif (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and id(node) not in docstrings
+        ):
+            targets = [f"webhook.{m[1]}" for m in _PATH_IN_TEXT.finditer(node.value)]
         for target in targets:
             parts = target.split(".")
-            if parts[0] == "webhook" and len(parts) > 1:
+            if parts[0] == "webhook" and len(parts) > 1 and parts[1] in packages:
                 found.append((node.lineno, parts[1]))
     return found
 
@@ -76,7 +91,7 @@ def violations(root: Path) -> list[str]:
         else:
             package = relative.parts[0]
             may_use = allowed.get(package, set())
-        for line, target in imported_packages(module, root):
+        for line, target in imported_packages(module, root, set(allowed)):
             if target != package and target not in may_use:
                 wrong.append(f"webhook/{relative}:{line} imports webhook.{target}")
     return wrong
@@ -102,8 +117,9 @@ def test_every_import_points_down() -> None:
 
 
 def test_an_import_pointing_up_is_caught(tmp_path: Path) -> None:
-    """The checker on a copy of the tree: one upward import (inside a function, where it is
-    easiest to miss) and one module outside the packages."""
+    """The checker on a copy of the tree: an upward import inside a function (where it is
+    easiest to miss), an upward relative import, a dotted name and an importlib string
+    reaching up, and one module outside the packages."""
     copy = tmp_path / "webhook"
     shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns("__pycache__"))
     entitlement = copy / "rules" / "entitlement.py"
@@ -113,12 +129,21 @@ def test_an_import_pointing_up_is_caught(tmp_path: Path) -> None:
     (copy / "loose.py").write_text("from webhook.core import errors\n")
     relative_upward = copy / "stripe" / "payloads.py"
     relative_upward.write_text(relative_upward.read_text() + "\nfrom ..web import metrics\n")
+    ordering = copy / "rules" / "ordering.py"
+    ordering.write_text(
+        ordering.read_text()
+        + "\n\nimport importlib\nimport webhook\n\n"
+        + "def _late():\n    importlib.import_module('webhook.sync.runs')\n"
+        + "    return webhook.cli\n"
+    )
 
     found = violations(copy)
 
-    assert len(found) == 3, found
+    assert len(found) == 5, found
     assert any(
         f.startswith("webhook/rules/entitlement.py:") and "webhook.pipeline" in f for f in found
     )
     assert any(f.startswith("webhook/stripe/payloads.py:") and "webhook.web" in f for f in found)
     assert "loose.py: a module outside the packages" in found
+    assert any(f.startswith("webhook/rules/ordering.py:") and "webhook.sync" in f for f in found)
+    assert any(f.startswith("webhook/rules/ordering.py:") and "webhook.cli" in f for f in found)

@@ -1,4 +1,4 @@
-"""webhook/migrations.py and webhook/sqlfile.py against a real PostgreSQL."""
+"""webhook/database/migrations.py and webhook/database/sqlfile.py against a real PostgreSQL."""
 
 import json
 import shutil

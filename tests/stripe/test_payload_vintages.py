@@ -1,7 +1,7 @@
 """Every payload vintage of a subscription, from the top-level `plan` of 2015 to endive.
 
 Each vintage is rendered by the event factory the way Stripe renders that API version (see
-webhook/fixtures.py and README, "Payload vintages") and posted through the app.
+webhook/fixtures/ and README, "Payload vintages") and posted through the app.
 """
 
 import json

@@ -4,8 +4,8 @@ Every command fails the same way on bad input: one line on stderr, exit status 1
 a traceback. Expected failures are ProjectError subclasses; the group turns them into
 click errors so each command can simply let them rise.
 
-May use: webhook.web, webhook.sync, webhook.pipeline, webhook.rules, webhook.stripe,
-webhook.database, webhook.core, webhook.fixtures.
+May use: webhook.web, webhook.sync, webhook.pipeline, webhook.stripe, webhook.database,
+webhook.core, webhook.fixtures.
 """
 
 from typing import Any

@@ -1,7 +1,7 @@
 """Keep draining: the loop that runs in each web worker, or as `python -m webhook drain`.
 
 Each cycle applies a batch of received events (drain.py) and the application's pending
-link requests (application_links.py), on a connection of its own, so a drain never takes
+link requests (rules/application_links.py), on a connection of its own, so a drain never takes
 a connection a request is waiting for. It wakes at once when its own process has stored an
 event (wake()), and otherwise polls every POLL_SECONDS, which picks up events stored by
 other processes or hosts and batches a dead drain left behind. No NOTIFY: it would take a

@@ -2,5 +2,5 @@
 are linked to it (accounts, application_links), the subscription mirror and the order of
 its states, and the entitlement rule that picks the plan. SQL on the tables; no queue.
 
-May use: webhook.stripe, webhook.database, webhook.core.
+May use: webhook.stripe, webhook.core.
 """

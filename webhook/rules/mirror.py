@@ -1,6 +1,6 @@
 """The subscription mirror: the newest known state of each Stripe subscription.
 
-Three writers share one rule, kept here: a delivered event (handlers/subscriptions.py),
+Three writers share one rule, kept here: a delivered event (pipeline/handlers/subscriptions.py),
 batch replay, and `sync`, which writes states fetched from Stripe's API. A state replaces
 the stored one only if its order key is greater (see ordering.py), with the event id
 compared byte by byte (as Python compares strings), whatever the database's collation.

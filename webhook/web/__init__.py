@@ -1,6 +1,6 @@
 """The HTTP edge: the Flask app and its WSGI fast path for POST /webhook, the health and
 readiness routes, Prometheus metrics, and gunicorn's settings. A delivery is verified,
-stored (or applied) and answered here; nothing below this package knows about HTTP.
+stored (or applied) and answered here; nothing below this package serves HTTP requests.
 
-May use: webhook.pipeline, webhook.rules, webhook.stripe, webhook.database, webhook.core.
+May use: webhook.pipeline, webhook.stripe, webhook.database, webhook.core.
 """
