@@ -33,9 +33,12 @@ POLL_SECONDS = 0.25
 MAX_BACKOFF_SECONDS = 30.0
 LINK_REQUESTS_PER_CYCLE = 100
 # Parsed events kept for this process's drain: at most this many, for at most this long
-# (another process's drain may take an event; its entry must not outlive that).
+# (another process's drain may take an event; its entry must not outlive that). A drain
+# takes its own process's events within a batch or two (tens of milliseconds); every
+# entry kept longer is a parsed payload of a few hundred objects the garbage collector
+# walks on each full collection, which stops the worker's requests while it runs.
 KNOWN_EVENTS_LIMIT = 2_000
-KNOWN_EVENTS_SECONDS = 5.0
+KNOWN_EVENTS_SECONDS = 1.0
 # After a wake-up, how long to let more deliveries arrive before claiming a batch.
 GATHER_SECONDS = 0.025
 
