@@ -39,6 +39,7 @@ class Server:
         log_path: Path,
         pool_size: int,
         settings: dict[str, str] | None = None,
+        threads: int = 8,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -51,7 +52,7 @@ class Server:
             "HOST": "127.0.0.1",
             "PORT": str(self.port),
             "WEB_CONCURRENCY": str(workers),
-            "WEB_THREADS": str(pool_size),
+            "WEB_THREADS": str(threads),
             "DB_POOL_MIN_SIZE": str(pool_size),
             "DB_POOL_MAX_SIZE": str(pool_size),
             **(settings or {}),

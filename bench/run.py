@@ -56,9 +56,11 @@ def main() -> None:
         "--quick", action="store_true", help="Short runs and small data (a smoke test)."
     )
     parser.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "2")))
+    parser.add_argument("--pool", type=int, default=4, help="Pool connections per worker.")
     parser.add_argument(
-        "--pool", type=int, default=4, help="Threads and pool connections per worker."
-    )
+        "--threads", type=int, default=int(os.environ.get("WEB_THREADS", "8")),
+        help="Request threads per worker (the gunicorn config's default).",
+    )  # fmt: skip
     args = parser.parse_args()
     plan = Plan.quick() if args.quick else Plan.full()
     WORK.mkdir(parents=True, exist_ok=True)
@@ -184,7 +186,9 @@ def _load_phase(
     peer_at: tuple[Path, str] | None = None,
 ) -> dict:
     customers = plan.small_customers if label == "small" else plan.large_customers
-    server = measure.Server(url, args.workers, WORK / f"gunicorn-{label}.log", args.pool)
+    server = measure.Server(
+        url, args.workers, WORK / f"gunicorn-{label}.log", args.pool, threads=args.threads
+    )
     rival = (
         peer.PeerServer(peer_at[0], peer_at[1], args.workers, args.pool, WORK / "peer.log")
         if peer_at
@@ -258,7 +262,7 @@ def _ingest_only(url: str, postmaster_pid, plan: Plan, args, connections: int) -
     The queue it leaves is applied afterwards by `python -m webhook drain --once`.
     """
     server = measure.Server(url, args.workers, WORK / "gunicorn-ingest.log", args.pool,
-                            settings={"WEB_DRAIN": "off"})  # fmt: skip
+                            settings={"WEB_DRAIN": "off"}, threads=args.threads)  # fmt: skip
     try:
         threads = min(2, connections)
         budget = int(UNIQUE_EVENTS_PER_SECOND * plan.seconds * 1.3)
@@ -312,7 +316,9 @@ def _burst_phase(
     Every request must be answered 200 quickly while the queue grows; afterwards the queue
     must drain at no less than the steady rate, with worker memory flat.
     """
-    server = measure.Server(url, args.workers, WORK / "gunicorn-burst.log", args.pool)
+    server = measure.Server(
+        url, args.workers, WORK / "gunicorn-burst.log", args.pool, threads=args.threads
+    )
     try:
         connections = 16
         # Long enough to send every event even at the rate ingest reaches (below the offer
@@ -382,7 +388,9 @@ def _corrected_delay(connections: int, target: float, measured: float, delay: fl
 def _memory_phase(url: str, postmaster_pid, plan: Plan, args, connections: int) -> dict:
     """Summed worker RSS, sampled every 2 s while `memory_events` unique events go through."""
     prefix = _deliveries_file("memory", plan.memory_events, plan.small_customers, seed_value=4242)
-    server = measure.Server(url, args.workers, WORK / "gunicorn-memory.log", args.pool)
+    server = measure.Server(
+        url, args.workers, WORK / "gunicorn-memory.log", args.pool, threads=args.threads
+    )
     samples: list[tuple[int, list[float]]] = []
     command = ["wrk", "-t", "2", "-c", str(connections), "-d", "3600s", "-s", str(measure.LUA),
                f"{server.url}/webhook", "--", str(prefix)]  # fmt: skip

@@ -8,7 +8,10 @@ the user with two Stripe customers.
 """
 
 import json
+import multiprocessing
+import os
 import random
+import signal
 from collections import Counter
 
 import psycopg
@@ -24,8 +27,8 @@ from replay_histories import (
 )
 from stripe_events import MONTH, EventFactory
 
-from webhook.core.errors import DatabaseUnavailable
-from webhook.pipeline import inbox, replay
+from webhook.core.errors import DatabaseUnavailable, ProjectError
+from webhook.pipeline import inbox, replay, replay_parallel
 from webhook.pipeline.replay import check_replayable, iter_replay, replay_event
 from webhook.pipeline.replay_parallel import split_by_stripe_customer
 from webhook.stripe.payloads import parse_event
@@ -77,20 +80,32 @@ def small_batches(monkeypatch) -> None:
 
 @pytest.fixture
 def connect(db_url):
-    """Opens connections to the test's database, and counts them."""
-    opened: Counter = Counter()
+    """Opens connections to the test's database, and counts them (in whichever process
+    opens them: the counter lives in memory shared across a fork)."""
+    opened = multiprocessing.get_context("fork").Value("i", 0)
 
     def open_one() -> psycopg.Connection:
-        opened["connections"] += 1
+        with opened.get_lock():
+            opened.value += 1
         return psycopg.connect(db_url, autocommit=True)
 
     open_one.opened = opened  # type: ignore[attr-defined]
     return open_one
 
 
+@pytest.fixture(params=["processes", "threads"])
+def share_runner(request, monkeypatch) -> str:
+    """Both ways shares run: forked processes (Linux) and threads (elsewhere)."""
+    if request.param == "threads":
+        monkeypatch.setattr(replay_parallel, "FORK", None)
+    else:
+        assert replay_parallel.FORK is not None, "this suite runs on Linux"
+    return request.param
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_two_workers_end_where_one_by_one_replay_ends(
-    conn, twin, seed, small_batches, connect
+    conn, twin, seed, small_batches, connect, share_runner
 ) -> None:
     deliveries = stripe_like(history(seed, team_last=seed % 3 == 0))
     for db in (conn, twin):
@@ -104,7 +119,7 @@ def test_two_workers_end_where_one_by_one_replay_ends(
     for event_id in ids:
         replay_event(twin, event_id, RULES)
 
-    assert connect.opened["connections"] == 2
+    assert connect.opened.value == 2
     assert sorted(r.event_id for r in parallel) == sorted(ids)  # each reported once
     ours, theirs = owned_rows(conn), owned_rows(twin)
     for table in ORDER_FREE:
@@ -177,12 +192,12 @@ def test_a_link_and_a_renewal_on_two_workers_end_as_in_order(conn, twin, small_b
                 iter_replay(conn, ids, RULES, connect=connect, workers=2)}  # fmt: skip
     in_order = {event_id: replay_event(twin, event_id, RULES).outcome.status for event_id in ids}
 
-    assert connect.opened["connections"] == 2
+    assert connect.opened.value == 2
     assert parallel == in_order
     assert owned_rows(conn)["resets"] == owned_rows(twin)["resets"] != []
 
 
-def test_a_dry_run_on_two_workers_keeps_nothing(conn, small_batches, connect) -> None:
+def test_a_dry_run_on_two_workers_keeps_nothing(conn, small_batches, connect, share_runner) -> None:
     deliveries = history(2)
     prepare(conn, deliveries, backlog=True)
     add_team_plan(conn)
@@ -195,7 +210,9 @@ def test_a_dry_run_on_two_workers_keeps_nothing(conn, small_batches, connect) ->
     assert owned_rows(conn) == before
 
 
-def test_a_worker_that_cannot_connect_stops_the_replay_with_its_error(conn, small_batches) -> None:
+def test_a_worker_that_cannot_connect_stops_the_replay_with_its_error(
+    conn, small_batches, share_runner
+) -> None:
     deliveries = history(4)
     prepare(conn, deliveries, backlog=True)
     ids = [d.id for d in deliveries if not d.type.startswith("checkout.")]
@@ -247,3 +264,39 @@ def test_the_stripe_customer_stored_with_an_event_is_the_one_its_payload_names(c
     assert stored_column == expected
     assert from_column == expected
     assert from_payload == expected
+
+
+def test_a_worker_process_killed_mid_replay_stops_it_with_a_reason(conn, small_batches, db_url):
+    """A share process that dies without a word (SIGKILL, the OOM killer) is noticed by its
+    pipe closing: the replay raises instead of waiting for it forever."""
+    deliveries = history(4)
+    prepare(conn, deliveries, backlog=True)
+    ids = [d.id for d in deliveries if not d.type.startswith("checkout.")]
+    parent = os.getpid()
+
+    def dies_in_the_child() -> psycopg.Connection:
+        if os.getpid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return psycopg.connect(db_url, autocommit=True)
+
+    with pytest.raises(ProjectError, match="exit code -9"):
+        list(iter_replay(conn, ids, RULES, connect=dies_in_the_child, workers=2))
+    assert not multiprocessing.active_children()
+
+
+def test_closing_a_parallel_replay_early_leaves_no_worker_behind(
+    conn, small_batches, connect, share_runner
+) -> None:
+    deliveries = history(5)
+    prepare(conn, deliveries, backlog=True)
+    ids = [d.id for d in deliveries if not d.type.startswith("checkout.")]
+
+    results = iter_replay(conn, ids, RULES, connect=connect, workers=2)
+    first = next(results)
+    results.close()
+
+    assert not multiprocessing.active_children()
+    attempts = conn.execute(
+        "select attempts from webhook_private.events where id = %s", (first.event_id,)
+    ).fetchone()
+    assert attempts == (1,)  # what was handed over had committed

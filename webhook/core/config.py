@@ -54,6 +54,8 @@ class Settings:
     # Whether each web worker runs a drain (off when a dedicated `drain` process does).
     web_drain: bool = True
     drain_batch_size: int = 200
+    # The most concurrent deliveries one web process stores with a single insert (1: each alone).
+    store_group_size: int = 16
 
     def __repr__(self) -> str:
         # Never let a secret reach a log line through a repr.
@@ -102,6 +104,7 @@ def load_settings(
         apply_mode=_choice(env, "WEBHOOK_APPLY", ("queued", "inline")),
         web_drain=_choice(env, "WEB_DRAIN", ("on", "off")) == "on",
         drain_batch_size=_int(env, "DRAIN_BATCH_SIZE", 200, minimum=1),
+        store_group_size=_int(env, "WEB_STORE_GROUP", 16, minimum=1),
     )
 
 

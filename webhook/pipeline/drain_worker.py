@@ -197,10 +197,12 @@ class DrainWorker:
     def _forget_old(self) -> None:
         """Drop parsed events older than KNOWN_EVENTS_SECONDS: other drains took them."""
         cutoff = time.monotonic() - KNOWN_EVENTS_SECONDS
-        for event_id in list(self._known_since):
-            if self._known_since.get(event_id, cutoff) >= cutoff:
+        # Oldest first, so only the expired head is visited (no copy of the whole dict per batch).
+        while self._known_since:
+            event_id, since = next(iter(self._known_since.items()))
+            if since >= cutoff:
                 break  # the rest are newer
-            self._known_since.pop(event_id, None)
+            del self._known_since[event_id]
             self._known.pop(event_id, None)
 
     # -- connection -----------------------------------------------------------------------

@@ -27,6 +27,7 @@ from webhook.pipeline.event_log import configure_event_log, log_applied
 from webhook.pipeline.processor import ProcessingRules
 from webhook.stripe.signature import SignatureVerifier
 from webhook.web import delivery, metrics
+from webhook.web.grouped_store import GroupedStore
 from webhook.web.service import Service
 
 if TYPE_CHECKING:
@@ -65,6 +66,7 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
         settings=settings,
         verifier=SignatureVerifier(settings.webhook_secrets, settings.tolerance_seconds),
         database=database,
+        store=GroupedStore(database, settings.store_group_size),
         rules=rules,
         drain=DrainWorker(
             database_url,

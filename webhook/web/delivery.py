@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 from webhook.core import json_decode
 from webhook.core.errors import DatabaseUnavailable
-from webhook.pipeline import inbox
 from webhook.pipeline.event_log import log_result
 from webhook.pipeline.processor import process_delivery
 from webhook.stripe.payloads import Event, PayloadError, parse_event
@@ -90,7 +89,7 @@ def _apply_inline(service: Service, event: Event) -> Answer:
 def _store_queued(service: Service, event: Event) -> Answer:
     """WEBHOOK_APPLY=queued (the default): store the event, wake the drain, answer."""
     started = time.perf_counter()
-    stored = service.database.run(lambda conn: inbox.receive(conn, event))
+    stored = service.store.receive(event)
     if service.settings.web_drain and not service.drain.running:
         service.drain.start()  # any WSGI server; gunicorn's config starts it at boot already
     if stored.new or stored.status == "received":

@@ -7,6 +7,7 @@ from webhook.database.pool import Database
 from webhook.pipeline.drain_worker import DrainWorker
 from webhook.pipeline.processor import ProcessingRules
 from webhook.stripe.signature import SignatureVerifier
+from webhook.web.grouped_store import GroupedStore
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,8 @@ class Service:
     settings: Settings
     verifier: SignatureVerifier
     database: Database
+    # Stores queued-mode deliveries, several concurrent ones per insert (see grouped_store).
+    store: GroupedStore
     rules: ProcessingRules
     # Started by the gunicorn config in each worker (see gunicorn_config.post_worker_init).
     drain: DrainWorker

@@ -1,0 +1,164 @@
+"""Concurrent deliveries stored together: one insert for the threads that meet, the same
+answers as storing each on its own, and one bad event never failing the others.
+
+Grouping is made visible with PostgreSQL's own record of it: rows written by one insert
+carry the same transaction id (xmin). To make threads meet deterministically, the first
+thread's insert is held up by an uncommitted insert of the same event id in another
+session; everything stored meanwhile queues behind it.
+"""
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+
+import psycopg
+import pytest
+from stripe_events import EventFactory
+
+from webhook.core.errors import DatabaseUnavailable
+from webhook.database.pool import Database
+from webhook.pipeline import inbox
+from webhook.stripe.payloads import Event, parse_event
+from webhook.web.grouped_store import GroupedStore
+
+
+@pytest.fixture
+def database(db_url: str) -> Iterator[Database]:
+    database = Database(db_url, min_size=1, max_size=4, timeout=5)
+    yield database
+    database.close()
+
+
+def events(count: int) -> list[Event]:
+    factory = EventFactory(seed=7)
+    deliveries = [factory.other() for _ in range(count)]
+    return [parse_event(d.event, d.body.decode()) for d in deliveries]
+
+
+def in_threads(work: Callable[[Event], object], items: list[Event]) -> list[object]:
+    """Run work(item) for each item in a thread of its own; results (or errors) in order."""
+    results: list[object] = [None] * len(items)
+
+    def run(index: int) -> None:
+        try:
+            results[index] = work(items[index])
+        except BaseException as exc:
+            results[index] = exc
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(len(items))]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.02)  # in this order, so the first one leads
+    for thread in threads:
+        thread.join(10)
+    return results
+
+
+def held_up(db_url: str, event: Event) -> psycopg.Connection:
+    """A session holding an uncommitted row with `event`'s id: a store of it waits."""
+    blocker = psycopg.connect(db_url)
+    blocker.execute(
+        "insert into webhook_private.events (id, type, stripe_created, payload)"
+        " values (%s, 'blocker', now(), '{}')",
+        (event.id,),
+    )
+    return blocker
+
+
+def transaction_ids(conn: psycopg.Connection, ids: list[str]) -> list[str]:
+    rows = dict(
+        conn.execute(
+            "select id, xmin::text from webhook_private.events where id = any(%s)", (ids,)
+        ).fetchall()
+    )
+    return [rows[event_id] for event_id in ids]
+
+
+def test_threads_that_meet_are_stored_with_one_insert(db_url, database, conn):
+    store = GroupedStore(database, max_rows=16)
+    first, *others = events(6)
+    blocker = held_up(db_url, first)
+    waiting = threading.Thread(target=lambda: time.sleep(0.3) or blocker.rollback())
+    waiting.start()
+    answers = in_threads(store.receive, [first, *others])
+    waiting.join()
+    blocker.close()
+
+    assert answers == [inbox.Stored(status="received", new=True)] * 6
+    xids = transaction_ids(conn, [e.id for e in [first, *others]])
+    assert len(set(xids[1:])) == 1, "the five queued behind the first went in together"
+    assert xids[0] != xids[1]
+
+
+def test_a_group_is_never_larger_than_max_rows(db_url, database, conn):
+    store = GroupedStore(database, max_rows=2)
+    first, *others = events(5)
+    blocker = held_up(db_url, first)
+    threading.Timer(0.3, blocker.rollback).start()
+    answers = in_threads(store.receive, [first, *others])
+    time.sleep(0.1)
+    blocker.close()
+
+    assert all(answer == inbox.Stored(status="received", new=True) for answer in answers)
+    xids = transaction_ids(conn, [e.id for e in others])
+    assert len(set(xids)) == 2  # four queued, two per insert
+
+
+def test_duplicates_in_one_group_are_stored_once_and_counted(db_url, database, conn):
+    store = GroupedStore(database, max_rows=16)
+    first, second, third = events(3)
+    stored_before = events(4)[3]
+    inbox.receive(conn, stored_before)
+    blocker = held_up(db_url, first)
+    threading.Timer(0.3, blocker.rollback).start()
+    answers = in_threads(store.receive, [first, second, third, second, stored_before])
+    blocker.close()
+
+    new = inbox.Stored(status="received", new=True)
+    again = inbox.Stored(status="received")
+    assert answers == [new, new, new, again, again]
+    deliveries = dict(conn.execute("select id, deliveries from webhook_private.events").fetchall())
+    assert deliveries == {first.id: 1, second.id: 2, third.id: 1, stored_before.id: 2}
+
+
+def test_an_event_the_database_refuses_fails_alone(db_url, database, conn):
+    store = GroupedStore(database, max_rows=16)
+    first, good, also_good = events(3)
+    refused = replace(events(4)[3], text='{"not": json}')
+    blocker = held_up(db_url, first)
+    threading.Timer(0.3, blocker.rollback).start()
+    answers = in_threads(store.receive, [first, good, refused, also_good])
+    blocker.close()
+
+    assert answers[0] == answers[1] == answers[3] == inbox.Stored(status="received", new=True)
+    assert isinstance(answers[2], psycopg.errors.InvalidTextRepresentation)
+    stored = {row[0] for row in conn.execute("select id from webhook_private.events")}
+    assert stored == {first.id, good.id, also_good.id}
+
+
+def test_an_outage_answers_every_waiting_thread():
+    closed_port = "postgresql://postgres@127.0.0.1:9/none?connect_timeout=1"
+    database = Database(closed_port, min_size=0, max_size=2, timeout=1)
+    store = GroupedStore(database, max_rows=16)
+    answers = in_threads(store.receive, events(4))
+    database.close()
+    assert all(isinstance(answer, DatabaseUnavailable) for answer in answers)
+
+
+def test_max_rows_one_stores_each_on_its_own_connection(db_url, database, conn):
+    store = GroupedStore(database, max_rows=1)
+    first, *others = events(4)
+    blocker = held_up(db_url, first)
+    # The first waits for the blocker; the others do not wait for the first.
+    answers = in_threads(store.receive, others)
+    assert answers == [inbox.Stored(status="received", new=True)] * 3
+    late = threading.Thread(target=store.receive, args=(first,))
+    late.start()
+    time.sleep(0.2)
+    assert late.is_alive()
+    blocker.rollback()
+    blocker.close()
+    late.join(5)
+    xids = transaction_ids(conn, [e.id for e in [first, *others]])
+    assert len(set(xids)) == 4
