@@ -4,7 +4,8 @@ answers as storing each on its own, and one bad event never failing the others.
 Grouping is made visible with PostgreSQL's own record of it: rows written by one insert
 carry the same transaction id (xmin). To make threads meet deterministically, the first
 thread's insert is held up by an uncommitted insert of the same event id in another
-session; everything stored meanwhile queues behind it.
+session; everything stored meanwhile queues behind it (the tests allow one insert in
+flight unless they say otherwise).
 """
 
 import threading
@@ -76,7 +77,7 @@ def transaction_ids(conn: psycopg.Connection, ids: list[str]) -> list[str]:
 
 
 def test_threads_that_meet_are_stored_with_one_insert(db_url, database, conn):
-    store = GroupedStore(database, max_rows=16)
+    store = GroupedStore(database, max_rows=16, in_flight=1)
     first, *others = events(6)
     blocker = held_up(db_url, first)
     waiting = threading.Thread(target=lambda: time.sleep(0.3) or blocker.rollback())
@@ -92,7 +93,7 @@ def test_threads_that_meet_are_stored_with_one_insert(db_url, database, conn):
 
 
 def test_a_group_is_never_larger_than_max_rows(db_url, database, conn):
-    store = GroupedStore(database, max_rows=2)
+    store = GroupedStore(database, max_rows=2, in_flight=1)
     first, *others = events(5)
     blocker = held_up(db_url, first)
     threading.Timer(0.3, blocker.rollback).start()
@@ -106,7 +107,7 @@ def test_a_group_is_never_larger_than_max_rows(db_url, database, conn):
 
 
 def test_duplicates_in_one_group_are_stored_once_and_counted(db_url, database, conn):
-    store = GroupedStore(database, max_rows=16)
+    store = GroupedStore(database, max_rows=16, in_flight=1)
     first, second, third = events(3)
     stored_before = events(4)[3]
     inbox.receive(conn, stored_before)
@@ -123,7 +124,7 @@ def test_duplicates_in_one_group_are_stored_once_and_counted(db_url, database, c
 
 
 def test_an_event_the_database_refuses_fails_alone(db_url, database, conn):
-    store = GroupedStore(database, max_rows=16)
+    store = GroupedStore(database, max_rows=16, in_flight=1)
     first, good, also_good = events(3)
     refused = replace(events(4)[3], text='{"not": json}')
     blocker = held_up(db_url, first)
@@ -137,13 +138,33 @@ def test_an_event_the_database_refuses_fails_alone(db_url, database, conn):
     assert stored == {first.id, good.id, also_good.id}
 
 
-def test_an_outage_answers_every_waiting_thread():
+def test_an_outage_answers_every_waiting_thread_at_once():
     closed_port = "postgresql://postgres@127.0.0.1:9/none?connect_timeout=1"
     database = Database(closed_port, min_size=0, max_size=2, timeout=1)
-    store = GroupedStore(database, max_rows=16)
-    answers = in_threads(store.receive, events(4))
+    store = GroupedStore(database, max_rows=2, in_flight=1)
+    answers = in_threads(store.receive, events(5))
     database.close()
     assert all(isinstance(answer, DatabaseUnavailable) for answer in answers)
+    # The first insert's error, handed to all who queued while it waited for a connection
+    # (two per group), instead of a wait of DB_POOL_TIMEOUT for each group behind it.
+    assert all(answer is answers[0] for answer in answers)
+
+
+def test_up_to_in_flight_inserts_run_at_once_and_the_rest_group(db_url, database, conn):
+    store = GroupedStore(database, max_rows=16, in_flight=2)
+    first, second, *others = events(6)
+    blockers = [held_up(db_url, first), held_up(db_url, second)]
+    # One after the other: the queue goes to whichever insert finishes first, whole.
+    threading.Timer(0.3, blockers[0].rollback).start()
+    threading.Timer(0.6, blockers[1].rollback).start()
+    answers = in_threads(store.receive, [first, second, *others])
+    for blocker in blockers:
+        blocker.close()
+
+    assert answers == [inbox.Stored(status="received", new=True)] * 6
+    xids = transaction_ids(conn, [e.id for e in [first, second, *others]])
+    assert len({xids[0], xids[1], xids[2]}) == 3, "the first two were stored at once, alone"
+    assert len(set(xids[2:])) == 1, "the four that found both busy went in together"
 
 
 def test_max_rows_one_stores_each_on_its_own_connection(db_url, database, conn):

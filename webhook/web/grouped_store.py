@@ -1,18 +1,20 @@
 """Storing the deliveries a worker's threads hold at the same moment with one insert.
 
-Under load, a worker's request threads each reach the store step while another thread's
-insert is on its way to PostgreSQL. Rather than each taking a connection and committing on
-its own, they queue here; whichever thread finds no insert in flight stores everything
-queued with one statement (inbox.receive_many) and one commit, and hands every thread its
-answer. Nobody waits for a batch to fill: a thread alone is stored at once, so a quiet
-service sees no delay, and a busy one commits a few events per transaction, which is
-cheaper for PostgreSQL per event (measured in bench/) and spares each request a pool
-checkout and a round trip of its own.
+Under load, a worker's request threads reach the store step faster than PostgreSQL
+commits their inserts one by one. Up to INSERTS_IN_FLIGHT threads per process store at
+once, each on its own connection, as without grouping; a thread that finds that many
+inserts on their way queues here, and whichever insert finishes first hands the queue to
+one of the queued threads, which stores everything queued with one statement
+(inbox.receive_many) and one commit and answers the others. Nobody waits for a group to
+fill: at a light load every delivery is stored at once on its own, and under a heavy one
+a few events share a transaction, which costs PostgreSQL less per event (see README,
+*Benchmark*) and spares each request a pool checkout and a round trip of its own.
 
-A thread waits at most for the insert in flight, then for its own. If the grouped insert
-fails for a reason of the data rather than the database (no event the inbox accepts
-should, but one must never take the others down with it), each is stored on its own, so
-only the culprit gets the error.
+A queued thread waits for one insert to finish, then for its own. If the database is
+unreachable, the threads queued meanwhile get the same answer at once rather than each
+waiting DB_POOL_TIMEOUT again. If a grouped insert fails for a reason of the data rather
+than the database (no event the inbox accepts should, but one must never take the others
+down with it), each event is stored on its own, so only the culprit gets the error.
 """
 
 import threading
@@ -20,9 +22,13 @@ from dataclasses import dataclass, field
 
 import psycopg
 
+from webhook.core.errors import DatabaseUnavailable
 from webhook.database.pool import Database
 from webhook.pipeline import inbox
 from webhook.stripe.payloads import Event
+
+# Inserts one process runs at once before later deliveries queue for a grouped one.
+INSERTS_IN_FLIGHT = 2
 
 
 @dataclass(eq=False)
@@ -46,12 +52,15 @@ class _Waiter:
 class GroupedStore:
     """The inbox as the request threads of one process store into it."""
 
-    def __init__(self, database: Database, max_rows: int) -> None:
+    def __init__(
+        self, database: Database, max_rows: int, in_flight: int = INSERTS_IN_FLIGHT
+    ) -> None:
         self._database = database
         self._max_rows = max_rows
+        self._in_flight_limit = in_flight
         self._lock = threading.Lock()
         self._queue: list[_Waiter] = []
-        self._inserting = False
+        self._in_flight = 0
 
     def receive(self, event: Event) -> inbox.Stored:
         """What inbox.receive says of `event`, stored together with any concurrent ones.
@@ -63,51 +72,64 @@ class GroupedStore:
         waiter = _Waiter(event)
         waiter.signal.acquire()
         with self._lock:
-            self._queue.append(waiter)
-            waiter.leads = not self._inserting
-            self._inserting = True
+            if self._in_flight < self._in_flight_limit:
+                self._in_flight += 1
+                waiter.leads = True
+            else:
+                self._queue.append(waiter)
         if not waiter.leads:
-            waiter.signal.acquire()  # until answered, or asked to lead the next insert
+            waiter.signal.acquire()  # until answered, or handed the queue to insert
         if waiter.leads:
-            self._insert_queued()
+            self._insert_from(waiter)
         return waiter.answer()
 
-    def _insert_queued(self) -> None:
-        """Store what is queued (up to max_rows), answer those threads, pass the lead on."""
+    def _insert_from(self, leader: _Waiter) -> None:
+        """Store the leader's event with what is queued (up to max_rows in all), answer
+        those threads, and hand the rest of the queue to one of them or give the slot up."""
         with self._lock:
-            batch = self._queue[: self._max_rows]
-            del self._queue[: self._max_rows]
+            batch = [leader, *self._queue[: self._max_rows - 1]]
+            del self._queue[: self._max_rows - 1]
+        outage: BaseException | None = None
         try:
-            self._store(batch)
+            outage = self._store(batch)
         finally:
             with self._lock:
-                successor = self._queue[0] if self._queue else None
+                if outage is not None:
+                    # Queued while the database was failing: the same answer, now.
+                    for waiter in self._queue:
+                        waiter.error = outage
+                    batch.extend(self._queue)
+                    self._queue.clear()
+                successor = self._queue.pop(0) if self._queue else None
                 if successor is None:
-                    self._inserting = False
+                    self._in_flight -= 1
                 else:
                     successor.leads = True
             for waiter in batch:
-                if waiter.signal.locked():
+                if waiter is not leader:
                     waiter.signal.release()
             if successor is not None:
                 successor.signal.release()
 
-    def _store(self, batch: list[_Waiter]) -> None:
+    def _store(self, batch: list[_Waiter]) -> BaseException | None:
+        """Store the batch and set each waiter's answer; the error if the database was
+        unavailable to all of them."""
         events = [waiter.event for waiter in batch]
         try:
             answers = self._database.run(lambda conn: inbox.receive_many(conn, events))
         except psycopg.Error as exc:
             if len(batch) > 1:
                 self._store_each(batch)  # a data error: find the event it belongs to
-                return
-            batch[0].error = exc
-            return
+            else:
+                batch[0].error = exc
+            return None
         except BaseException as exc:  # an outage (DatabaseUnavailable): the same for all
             for waiter in batch:
                 waiter.error = exc
-            return
+            return exc if isinstance(exc, DatabaseUnavailable) else None
         for waiter, stored in zip(batch, answers, strict=True):
             waiter.stored = stored
+        return None
 
     def _store_each(self, batch: list[_Waiter]) -> None:
         for waiter in batch:
