@@ -12,6 +12,9 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@# Optional (see pyproject's `fast`): without a C compiler gunicorn keeps its Python parser.
+	$(BIN)/python -m pip install --quiet -e '.[fast]' \
+	  || echo "gunicorn-h1c did not build; gunicorn uses its own Python HTTP parser"
 	touch $(STAMP)
 
 dev: $(STAMP)
