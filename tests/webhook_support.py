@@ -20,6 +20,7 @@ from stripe_standin import StripeStandIn
 from werkzeug.test import TestResponse
 
 from webhook.web.app import create_app
+from webhook.web.asgi import AsgiEdge
 
 SECRET = "whsec_test_5e3d9a0c7b"
 
@@ -46,6 +47,27 @@ def app(db_url: str) -> Iterator[Flask]:
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
+
+
+@pytest.fixture(params=["wsgi", "asgi"])
+def serve(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """Both ways a test's app is served: `serve(app)` is Flask's test client (the WSGI
+    path) in one run of the test, and in the other a client of the ASGI edge that
+    gunicorn runs in production (tests/asgi_client.py)."""
+    from asgi_client import AsgiClient
+
+    opened: list[AsgiClient] = []
+
+    def client_for(app: Flask) -> Any:
+        if request.param == "wsgi":
+            return app.test_client()
+        client = AsgiClient(AsgiEdge(app))
+        opened.append(client)
+        return client
+
+    yield client_for
+    for client in opened:
+        client.close()
 
 
 class StripeSender:

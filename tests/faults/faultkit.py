@@ -254,6 +254,8 @@ def inbox_ids(conn: psycopg.Connection) -> set[str]:
 class Reply:
     status: int
     body: Any
+    # Names in lower case: HTTP header names are case-insensitive, and servers differ
+    # (gunicorn's threaded worker sends Flask's "Retry-After", the ASGI edge "retry-after").
     headers: Mapping[str, str]
 
 
@@ -276,7 +278,8 @@ def http_request(
             decoded: Any = json.loads(raw or b"null")
         except ValueError:
             decoded = raw.decode("utf-8", "replace")
-        return Reply(response.status, decoded, dict(response.getheaders()))
+        headers = {name.lower(): value for name, value in response.getheaders()}
+        return Reply(response.status, decoded, headers)
     finally:
         conn.close()
 

@@ -60,7 +60,7 @@ def test_requests_beyond_the_pool_get_503_within_a_bound_and_are_applied_once_la
         )
         assert [r.status for r in replies] == [503] * len(others), replies
         for reply in replies:
-            assert reply.headers.get("Retry-After"), reply
+            assert reply.headers.get("retry-after"), reply
             assert "error" in reply.body, reply
         assert not inbox_ids(conn) & {d.id for d in others}, "a refused delivery was stored"
         assert held.running(), "the delivery holding the connection gave up"

@@ -1,40 +1,23 @@
 """Concurrent deliveries stored together: one insert for the threads that meet, the same
 answers as storing each on its own, and one bad event never failing the others.
 
-Grouping is made visible with PostgreSQL's own record of it: rows written by one insert
-carry the same transaction id (xmin). To make threads meet deterministically, the first
-thread's insert is held up by an uncommitted insert of the same event id in another
-session; everything stored meanwhile queues behind it (the tests allow one insert in
-flight unless they say otherwise).
+How grouping is made visible and deterministic: tests/inbox_stores.py (the tests allow
+one insert in flight unless they say otherwise).
 """
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 
 import psycopg
-import pytest
-from stripe_events import EventFactory
+from inbox_stores import events, held_up, transaction_ids
 
 from webhook.core.errors import DatabaseUnavailable
 from webhook.database.pool import Database
 from webhook.pipeline import inbox
-from webhook.stripe.payloads import Event, parse_event
+from webhook.stripe.payloads import Event
 from webhook.web.grouped_store import GroupedStore
-
-
-@pytest.fixture
-def database(db_url: str) -> Iterator[Database]:
-    database = Database(db_url, min_size=1, max_size=4, timeout=5)
-    yield database
-    database.close()
-
-
-def events(count: int) -> list[Event]:
-    factory = EventFactory(seed=7)
-    deliveries = [factory.other() for _ in range(count)]
-    return [parse_event(d.event, d.body.decode()) for d in deliveries]
 
 
 def in_threads(work: Callable[[Event], object], items: list[Event]) -> list[object]:
@@ -54,26 +37,6 @@ def in_threads(work: Callable[[Event], object], items: list[Event]) -> list[obje
     for thread in threads:
         thread.join(10)
     return results
-
-
-def held_up(db_url: str, event: Event) -> psycopg.Connection:
-    """A session holding an uncommitted row with `event`'s id: a store of it waits."""
-    blocker = psycopg.connect(db_url)
-    blocker.execute(
-        "insert into webhook_private.events (id, type, stripe_created, payload)"
-        " values (%s, 'blocker', now(), '{}')",
-        (event.id,),
-    )
-    return blocker
-
-
-def transaction_ids(conn: psycopg.Connection, ids: list[str]) -> list[str]:
-    rows = dict(
-        conn.execute(
-            "select id, xmin::text from webhook_private.events where id = any(%s)", (ids,)
-        ).fetchall()
-    )
-    return [rows[event_id] for event_id in ids]
 
 
 def test_threads_that_meet_are_stored_with_one_insert(db_url, database, conn):

@@ -61,7 +61,7 @@ def procfile() -> dict[str, str]:
     return entries
 
 
-def platform_env(**overrides: str) -> dict[str, str]:
+def platform_env(**overrides: str | None) -> dict[str, str]:
     """An environment like a platform's: the venv's bin on PATH, no project variables set."""
     return base_env(PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", **overrides)
 
@@ -144,9 +144,14 @@ def test_the_procfile_release_line_migrates_an_empty_database(empty_db_url) -> N
     assert tables == ("plans", "webhook_private.events")
 
 
+@pytest.mark.parametrize(
+    ("worker_class", "worker"), [(None, "asgi"), ("gthread", "gthread")], ids=["asgi", "gthread"]
+)
 def test_the_procfile_web_line_serves_and_stops_gracefully(
-    conn, db_url, plans, make_user, tmp_path, request
+    conn, db_url, plans, make_user, tmp_path, request, worker_class, worker
 ) -> None:
+    """By default the asyncio worker with the ASGI edge; WEB_WORKER_CLASS=gthread the
+    threaded worker serving the Flask app itself. Both serve the same way."""
     user = make_user()
     port = free_port()
     env = platform_env(
@@ -155,6 +160,7 @@ def test_the_procfile_web_line_serves_and_stops_gracefully(
         WEB_CONCURRENCY="2",
         DATABASE_URL=db_url,
         STRIPE_WEBHOOK_SECRET=SECRET,
+        WEB_WORKER_CLASS=worker_class,
     )
     server = start(
         "procfile-web", ["bash", "-c", procfile()["web"]], cwd=ROOT, env=env, log_dir=tmp_path
@@ -184,6 +190,7 @@ def test_the_procfile_web_line_serves_and_stops_gracefully(
 
     log = server.output()
     assert f"Listening at: http://{HOST}:{port}" in log  # PORT and HOST were honoured
+    assert f"Using worker: {worker}" in log
     assert log.count("Booting worker") == 2  # WEB_CONCURRENCY was honoured
     # Metrics add up both workers' counts, whichever worker answers the scrape.
     processed = 'webhook_events_total{outcome="processed",type="checkout.session.completed"} 1.0'
@@ -199,6 +206,28 @@ def test_the_procfile_web_line_serves_and_stops_gracefully(
     assert code == 0, server.tail()
     assert "Traceback" not in server.output()
     assert SECRET not in server.output()
+
+
+def test_an_unknown_worker_class_stops_the_web_line_with_one_line(db_url, tmp_path) -> None:
+    env = platform_env(
+        PORT=str(free_port()),
+        HOST=HOST,
+        DATABASE_URL=db_url,
+        STRIPE_WEBHOOK_SECRET=SECRET,
+        WEB_WORKER_CLASS="gevent",
+    )
+    done = subprocess.run(
+        ["bash", "-c", procfile()["web"]],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT_SECONDS,
+    )
+    assert done.returncode != 0
+    output = done.stdout + done.stderr
+    assert "WEB_WORKER_CLASS must be asgi or gthread, got 'gevent'" in output
+    assert "Traceback" not in output
 
 
 # --- serve and trigger with a configured database -----------------------------------------

@@ -1,4 +1,8 @@
-"""The HTTP contract of POST /webhook, /healthz and /readyz, through real requests."""
+"""The HTTP contract of POST /webhook, /healthz and /readyz, through real requests.
+
+Every test runs twice (the `serve` fixture): through Flask's test client (the WSGI path)
+and through the ASGI edge that gunicorn runs in production.
+"""
 
 import json
 import socket
@@ -16,6 +20,11 @@ from webhook.core.errors import ConfigError
 
 def stored_events(conn: psycopg.Connection) -> int:
     return conn.execute("select count(*) from webhook_private.events").fetchone()[0]
+
+
+@pytest.fixture
+def client(app, serve):
+    return serve(app)
 
 
 def post(client: FlaskClient, body: bytes, signature: str | None) -> tuple[int, dict]:
@@ -51,11 +60,11 @@ def test_a_handled_event_is_stored_acknowledged_and_then_applied(
     }
 
 
-def test_inline_mode_answers_with_the_outcome(db_url, conn, factory) -> None:
+def test_inline_mode_answers_with_the_outcome(db_url, conn, factory, serve) -> None:
     app = build_app(db_url, WEBHOOK_APPLY="inline")
     try:
         delivery = factory.customer("customer.created", customer_id="cus_1")
-        response = StripeSender(app.test_client(), drain=False).send(delivery)
+        response = StripeSender(serve(app), drain=False).send(delivery)
         assert response.get_json() == {
             "received": True,
             "id": delivery.id,
@@ -86,10 +95,10 @@ def test_a_duplicate_is_acknowledged_and_counted_once(conn, stripe, factory) -> 
     assert row == (2, 1)
 
 
-def test_rotated_secrets_both_verify(db_url: str, conn, factory) -> None:
+def test_rotated_secrets_both_verify(db_url: str, conn, factory, serve) -> None:
     app = build_app(db_url, STRIPE_WEBHOOK_SECRET=f"whsec_new_one,{SECRET}")
     try:
-        client = app.test_client()
+        client = serve(app)
         old = StripeSender(client, secret=SECRET).send(factory.other())
         new = StripeSender(client, secret="whsec_new_one").send(factory.other())
         assert (old.status_code, new.status_code) == (200, 200)
@@ -201,11 +210,11 @@ def _closed_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_an_unreachable_database_gets_503_so_stripe_retries(factory) -> None:
+def test_an_unreachable_database_gets_503_so_stripe_retries(factory, serve) -> None:
     url = f"postgresql://nobody:secret@127.0.0.1:{_closed_port()}/nothing"
     app = build_app(url, DB_POOL_TIMEOUT="0.5", DB_POOL_MIN_SIZE="0")
     try:
-        client = app.test_client()
+        client = serve(app)
         response = StripeSender(client, drain=False).send(factory.other())
         assert response.status_code == 503
         assert response.get_json() == {"error": "database unavailable, retry later"}
@@ -229,10 +238,10 @@ def hold_stripe_customer(db_url: str, stripe_customer: str) -> psycopg.Connectio
 
 
 def test_inline_a_lock_wait_timeout_gets_503_and_the_retry_applies_once(
-    db_url, conn, plans, user, factory
+    db_url, conn, plans, user, factory, serve
 ) -> None:
     app = build_app(db_url, DB_LOCK_TIMEOUT_MS="200", WEBHOOK_APPLY="inline")
-    stripe = StripeSender(app.test_client(), drain=False)
+    stripe = StripeSender(serve(app), drain=False)
     try:
         checkout = factory.checkout_completed(
             customer="cus_1", subscription=None, client_reference_id=str(user)
@@ -251,11 +260,11 @@ def test_inline_a_lock_wait_timeout_gets_503_and_the_retry_applies_once(
 
 
 def test_queued_a_held_lock_never_reaches_the_request_and_the_drain_applies_once(
-    db_url, conn, plans, user, factory
+    db_url, conn, plans, user, factory, serve
 ) -> None:
     app = build_app(db_url, DB_LOCK_TIMEOUT_MS="200")
     service = app.extensions["webhook"]
-    stripe = StripeSender(app.test_client(), drain=False)
+    stripe = StripeSender(serve(app), drain=False)
     try:
         checkout = factory.checkout_completed(
             customer="cus_1", subscription=None, client_reference_id=str(user)
@@ -305,14 +314,15 @@ def test_the_app_refuses_to_start_without_a_secret(db_url, monkeypatch) -> None:
         build_app(db_url, STRIPE_WEBHOOK_SECRET="")
 
 
-def test_concurrent_duplicates_are_applied_once(conn, app, plans, user, factory) -> None:
+def test_concurrent_duplicates_are_applied_once(conn, app, plans, user, factory, serve) -> None:
     delivery = factory.checkout_completed(
         customer="cus_1", subscription=None, client_reference_id=str(user)
     )
     results: list[int] = []
+    client = serve(app)
 
     def deliver() -> None:
-        results.append(StripeSender(app.test_client()).send(delivery).status_code)
+        results.append(StripeSender(client).send(delivery).status_code)
 
     threads = [threading.Thread(target=deliver) for _ in range(10)]
     for thread in threads:
@@ -328,7 +338,7 @@ def test_concurrent_duplicates_are_applied_once(conn, app, plans, user, factory)
 
 
 def test_escaped_characters_outside_the_basic_plane_are_stored(conn, client, factory) -> None:
-    """A valid surrogate pair (here an emoji, as json.dumps escapes it) is fine for jsonb."""
+    """A valid surrogate pair (here an emoji, as json.dumps escapes it) reads back as text."""
     event = factory.other().event
     event["data"]["object"]["description"] = "thanks \U0001f600 and caf\u00e9"
     delivery = Delivery.from_event(event)
@@ -343,12 +353,12 @@ def test_escaped_characters_outside_the_basic_plane_are_stored(conn, client, fac
 
 @pytest.mark.parametrize(("setting", "prepared"), [("on", True), ("off", False)])
 def test_db_prepared_statements_decides_what_the_pool_prepares(
-    conn, db_url, plans, make_user, factory, setting, prepared
+    conn, db_url, plans, make_user, factory, setting, prepared, serve
 ) -> None:
     """Off, no statement is ever prepared: what a pooler in transaction mode needs."""
     app = build_app(db_url, DB_PREPARED_STATEMENTS=setting, DB_POOL_MAX_SIZE="1")
     try:
-        sender = StripeSender(app.test_client())
+        sender = StripeSender(serve(app))
         user = make_user()
         sender.send_all(
             [

@@ -56,6 +56,9 @@ class Settings:
     drain_batch_size: int = 200
     # The most concurrent deliveries one web process stores with a single insert (1: each alone).
     store_group_size: int = 16
+    # Threads per web process for what blocks: Flask's routes and inline applies under the
+    # ASGI edge, every request under gunicorn's threaded worker.
+    web_threads: int = 8
 
     def __repr__(self) -> str:
         # Never let a secret reach a log line through a repr.
@@ -105,6 +108,7 @@ def load_settings(
         web_drain=_choice(env, "WEB_DRAIN", ("on", "off")) == "on",
         drain_batch_size=_int(env, "DRAIN_BATCH_SIZE", 200, minimum=1),
         store_group_size=_int(env, "WEB_STORE_GROUP", 16, minimum=1),
+        web_threads=_int(env, "WEB_THREADS", 8, minimum=1),
     )
 
 

@@ -46,7 +46,7 @@ def store(
           (id, type, api_version, livemode, stripe_created, object_id, stripe_customer_id,
            payload)
         select %(id)s, %(type)s, %(api_version)s, %(livemode)s, %(created)s, %(object_id)s,
-               %(stripe_customer)s, %(payload)s::jsonb
+               %(stripe_customer)s, %(payload)s::json
           from (select set_config('lock_timeout', %(lock)s, true),
                        set_config('statement_timeout', %(statement)s, true),
                        set_config('webhook.source', %(source)s, true)) as transaction_settings
@@ -120,7 +120,7 @@ def receive_many(conn: psycopg.Connection, events: Sequence[Event]) -> list[Stor
 @cache
 def _receive_rows(count: int) -> str:
     """The insert of `count` new events (one text per count, so each can be prepared)."""
-    row = "(%s, %s, %s, %s, %s, %s, %s, %s::jsonb)"
+    row = "(%s, %s, %s, %s, %s, %s, %s, %s::json)"
     return f"""
 insert into webhook_private.events as e
   (id, type, api_version, livemode, stripe_created, object_id, stripe_customer_id, payload)
@@ -134,7 +134,7 @@ _RECEIVE = """
 insert into webhook_private.events as e
   (id, type, api_version, livemode, stripe_created, object_id, stripe_customer_id, payload)
 values (%(id)s, %(type)s, %(api_version)s, %(livemode)s, %(created)s, %(object_id)s,
-        %(stripe_customer)s, %(payload)s::jsonb)
+        %(stripe_customer)s, %(payload)s::json)
 on conflict (id) do nothing
 returning e.status
 """

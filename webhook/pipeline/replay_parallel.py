@@ -40,7 +40,7 @@ Batches = Iterator[list[ReplayResult]]
 STORED_STRIPE_CUSTOMER = """coalesce(stripe_customer_id, case
          when type like 'customer.%%' and type not like 'customer.subscription.%%'
            then payload #>> '{data,object,id}'
-         when jsonb_typeof(payload #> '{data,object,customer}') = 'object'
+         when json_typeof(payload #> '{data,object,customer}') = 'object'
            then payload #>> '{data,object,customer,id}'
          else payload #>> '{data,object,customer}'
        end)"""

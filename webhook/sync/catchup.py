@@ -137,7 +137,7 @@ def _store_missing(conn: psycopg.Connection, run: runs.Run, page: Page) -> None:
           (id, type, api_version, livemode, stripe_created, object_id, stripe_customer_id,
            payload, deliveries)
         select v.id, v.type, v.api_version, v.livemode, v.created, v.object_id,
-               v.stripe_customer_id, v.payload::jsonb, 0
+               v.stripe_customer_id, v.payload::json, 0
           from unnest(%s::text[], %s::text[], %s::text[], %s::boolean[], %s::timestamptz[],
                       %s::text[], %s::text[], %s::text[])
                as v(id, type, api_version, livemode, created, object_id, stripe_customer_id,

@@ -1,9 +1,10 @@
 """POST /webhook without the web framework: verify, decode, store (or apply), answer.
 
-The one place that decides what a delivery gets. Kept free of Flask so that the WSGI
-fast path (app.py) can answer the endpoint Stripe calls thousands of times a minute with
-a fraction of the framework's work per request, while the Flask route, which handles
-what the fast path leaves (a body too large, no Content-Length), calls the same function.
+The one place that decides what a delivery gets. Kept free of Flask and of any server so
+that every way the endpoint is served takes the same decisions: the ASGI edge that
+gunicorn runs in production (asgi.py: read, then its own store, then stored), the WSGI
+fast path in front of Flask (app.py: handle), and the Flask route that takes what the
+fast path leaves (a body too large, no Content-Length).
 
 Three outcomes: 400 for a request that is not a valid, signed, current Stripe event
 (nothing is written), 200 once the event is durably stored, and 503 when the database
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from webhook.core import json_decode
 from webhook.core.errors import DatabaseUnavailable
 from webhook.pipeline.event_log import log_result
+from webhook.pipeline.inbox import Stored
 from webhook.pipeline.processor import process_delivery
 from webhook.stripe.payloads import Event, PayloadError, parse_event
 from webhook.stripe.signature import SignatureError
@@ -42,7 +44,24 @@ class Answer:
 
 
 def handle(service: Service, payload: bytes, signature: str | None) -> Answer:
-    """The answer to one delivery of `payload` signed with `signature`."""
+    """The answer to one delivery of `payload` signed with `signature` (a WSGI request
+    thread's whole part; the ASGI edge runs the same steps around its own store)."""
+    checked = read(service, payload, signature)
+    if isinstance(checked, Answer):
+        return checked
+    try:
+        if service.settings.apply_mode == "inline":
+            return apply_inline(service, checked)
+        started = time.perf_counter()
+        return stored(service, checked, service.store.receive(checked), started)
+    except DatabaseUnavailable as exc:
+        return database_unavailable(exc)
+    finally:
+        metrics.POOL_IN_USE.set(service.database.in_use())
+
+
+def read(service: Service, payload: bytes, signature: str | None) -> Event | Answer:
+    """The verified, decoded event; or the 400 for a request that is not one."""
     try:
         service.verifier.verify(payload, signature)
     except SignatureError as exc:
@@ -50,18 +69,10 @@ def handle(service: Service, payload: bytes, signature: str | None) -> Answer:
         return error(400, str(exc))
     try:
         text = payload.decode("utf-8")  # verified above to be UTF-8
-        event = parse_event(decode_json(text), text)
+        return parse_event(decode_json(text), text)
     except PayloadError as exc:
         metrics.SIGNATURE_FAILURES.labels("not_an_event").inc()
         return error(400, str(exc))
-    try:
-        if service.settings.apply_mode == "inline":
-            return _apply_inline(service, event)
-        return _store_queued(service, event)
-    except DatabaseUnavailable as exc:
-        return database_unavailable(exc)
-    finally:
-        metrics.POOL_IN_USE.set(service.database.in_use())
 
 
 def database_unavailable(exc: DatabaseUnavailable) -> Answer:
@@ -74,7 +85,7 @@ def error(status: int, reason: str, headers: dict[str, str] | None = None) -> An
     return Answer(status, {"error": reason}, headers or {})
 
 
-def _apply_inline(service: Service, event: Event) -> Answer:
+def apply_inline(service: Service, event: Event) -> Answer:
     """WEBHOOK_APPLY=inline: store and apply in the request; 200 means applied."""
     result = service.database.run(lambda conn: process_delivery(conn, event, service.rules))
     log_result(result)
@@ -86,20 +97,19 @@ def _apply_inline(service: Service, event: Event) -> Answer:
     return _received(event, result.outcome.status, result.duplicate)
 
 
-def _store_queued(service: Service, event: Event) -> Answer:
-    """WEBHOOK_APPLY=queued (the default): store the event, wake the drain, answer."""
-    started = time.perf_counter()
-    stored = service.store.receive(event)
+def stored(service: Service, event: Event, row: Stored, started: float) -> Answer:
+    """WEBHOOK_APPLY=queued (the default), once the event is in the inbox: wake the drain,
+    count, answer. `started` is when storing began (time.perf_counter)."""
     if service.settings.web_drain and not service.drain.running:
-        service.drain.start()  # any WSGI server; gunicorn's config starts it at boot already
-    if stored.new or stored.status == "received":
+        service.drain.start()  # any server; gunicorn's config starts it at boot already
+    if row.new or row.status == "received":
         service.drain.wake(event)
-    if stored.new:
+    if row.new:
         metrics.RECEIVED.labels(event.type).inc()
     else:
         metrics.EVENTS.labels(event.type, "duplicate").inc()
     metrics.PROCESSING_SECONDS.observe(time.perf_counter() - started)
-    return _received(event, stored.status, not stored.new)
+    return _received(event, row.status, not row.new)
 
 
 def _received(event: Event, status: str, duplicate: bool) -> Answer:
@@ -124,10 +134,11 @@ _MAY_HOLD_UNSTORABLE = re.compile(r"\\u(?:0000|d[89a-f])", re.IGNORECASE)
 
 
 def _check_storable(value: object) -> None:
-    """Refuse strings PostgreSQL cannot store: NUL characters and lone UTF-16 surrogates.
+    """Refuse strings PostgreSQL cannot read back: NUL characters and lone UTF-16 surrogates.
 
-    Both are valid JSON (as \\u0000 and \\ud800) and Stripe never sends them, but jsonb
-    rejects them, so they get a clear 400 here instead of failing in the database.
+    Both are valid JSON (as \\u0000 and \\ud800) and Stripe never sends them, but
+    PostgreSQL cannot turn them into text: a stored payload holding one would fail every
+    ->> and ::jsonb on it. They get a clear 400 here instead.
     """
     stack = [value]
     while stack:

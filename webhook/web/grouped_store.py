@@ -18,6 +18,7 @@ down with it), each event is stored on its own, so only the culprit gets the err
 """
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import psycopg
@@ -89,7 +90,7 @@ class GroupedStore:
         with self._lock:
             batch = [leader, *self._queue[: self._max_rows - 1]]
             del self._queue[: self._max_rows - 1]
-        outage: BaseException | None = None
+        outage: DatabaseUnavailable | None = None
         try:
             outage = self._store(batch)
         finally:
@@ -111,31 +112,45 @@ class GroupedStore:
             if successor is not None:
                 successor.signal.release()
 
-    def _store(self, batch: list[_Waiter]) -> BaseException | None:
+    def _store(self, batch: list[_Waiter]) -> DatabaseUnavailable | None:
         """Store the batch and set each waiter's answer; the error if the database was
         unavailable to all of them."""
-        events = [waiter.event for waiter in batch]
-        try:
-            answers = self._database.run(lambda conn: inbox.receive_many(conn, events))
-        except psycopg.Error as exc:
-            if len(batch) > 1:
-                self._store_each(batch)  # a data error: find the event it belongs to
+        answers, outage = store_together(self._database, [waiter.event for waiter in batch])
+        for waiter, answer in zip(batch, answers, strict=True):
+            if isinstance(answer, BaseException):
+                waiter.error = answer
             else:
-                batch[0].error = exc
-            return None
-        except BaseException as exc:  # an outage (DatabaseUnavailable): the same for all
-            for waiter in batch:
-                waiter.error = exc
-            return exc if isinstance(exc, DatabaseUnavailable) else None
-        for waiter, stored in zip(batch, answers, strict=True):
-            waiter.stored = stored
-        return None
+                waiter.stored = answer
+        return outage
 
-    def _store_each(self, batch: list[_Waiter]) -> None:
-        for waiter in batch:
-            try:
-                waiter.stored = self._database.run(
-                    lambda conn, event=waiter.event: inbox.receive(conn, event)
-                )
-            except BaseException as exc:
-                waiter.error = exc
+
+Answers = list[inbox.Stored | BaseException]
+
+
+def store_together(
+    database: Database, events: Sequence[Event]
+) -> tuple[Answers, DatabaseUnavailable | None]:
+    """Store `events` with one insert and one commit: what inbox.receive says of each, or
+    the error storing it raised, in order; and the outage when the database was
+    unavailable to all of them (the stores of the requests queued meanwhile would fail
+    the same way). Both grouping stores, the threads' and the event loop's, use this.
+
+    If the grouped insert fails for a reason of the data, each event is stored on its own,
+    so the error lands on the event it belongs to.
+    """
+    try:
+        return list(database.run(lambda conn: inbox.receive_many(conn, events))), None
+    except psycopg.Error as exc:
+        if len(events) == 1:
+            return [exc], None
+        return [_store_alone(database, event) for event in events], None
+    except BaseException as exc:  # an outage (DatabaseUnavailable): the same for all
+        outage = exc if isinstance(exc, DatabaseUnavailable) else None
+        return [exc] * len(events), outage
+
+
+def _store_alone(database: Database, event: Event) -> inbox.Stored | BaseException:
+    try:
+        return database.run(lambda conn: inbox.receive(conn, event))
+    except BaseException as exc:
+        return exc

@@ -4,22 +4,32 @@ Workers come from WEB_CONCURRENCY (what Heroku-style platforms set), the port fr
 Each worker builds the app after the fork and opens its own connection pool on first use.
 On SIGTERM gunicorn stops accepting, lets in-flight requests finish for up to
 graceful_timeout seconds, and the worker's exit handlers close its pool.
+
+By default each worker is gunicorn's asyncio worker with the ASGI edge in front of the
+Flask app (web/asgi.py): one event loop per worker reads and stores every delivery.
+WEB_WORKER_CLASS=gthread serves the same Flask app from gunicorn's threaded worker instead.
 """
 
 import gc
 import os
 import shutil
+import sys
 import tempfile
 
 _made_metrics_dir: str | None = None
 
+WORKER_CLASSES = ("asgi", "gthread")
+
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-worker_class = "gthread"
-# Threads wait on the network and PostgreSQL more than they run; while one stores, the
-# others parse, and the deliveries they reach the store with meanwhile go in one insert
-# (web/grouped_store.py). Eight beat four by about a fifth on two cores (see README).
-threads = int(os.environ.get("WEB_THREADS", "8"))
+worker_class = os.environ.get("WEB_WORKER_CLASS", "").strip().lower() or WORKER_CLASSES[0]
+if worker_class not in WORKER_CLASSES:
+    sys.exit(f"WEB_WORKER_CLASS must be {' or '.join(WORKER_CLASSES)}, got {worker_class!r}")
+# Threads of the threaded worker: they wait on the network and PostgreSQL more than they
+# run; while one stores, the others parse, and the deliveries they reach the store with
+# meanwhile go in one insert (web/grouped_store.py). The asyncio worker has one thread
+# for its loop (the ASGI edge keeps WEB_THREADS for what blocks: see Settings.web_threads).
+threads = int(os.environ.get("WEB_THREADS", "8")) if worker_class == "gthread" else 1
 timeout = 30
 graceful_timeout = 30
 keepalive = 5
@@ -47,9 +57,14 @@ def on_starting(server) -> None:
 
 
 def post_worker_init(worker) -> None:
-    """Start the worker's drain (stored events, application links) once the app is loaded
-    in the worker, after the fork; WEB_DRAIN=off leaves draining to `webhook drain`."""
-    service = getattr(worker.wsgi, "extensions", {}).get("webhook")
+    """Put the ASGI edge in front of the Flask app on the asyncio worker, and start the
+    worker's drain (stored events, application links) once the app is loaded in the
+    worker, after the fork; WEB_DRAIN=off leaves draining to `webhook drain`."""
+    if _is_flask_app(getattr(worker, "asgi", None)):
+        from webhook.web.asgi import AsgiEdge
+
+        worker.asgi = AsgiEdge(worker.asgi)
+    service = _service(worker)
     if service is not None and service.settings.web_drain:
         service.drain.start()
     # What the worker has loaded so far (Flask, stripe, psycopg, the app) lives as long as
@@ -61,7 +76,7 @@ def post_worker_init(worker) -> None:
 
 def worker_exit(server, worker) -> None:
     """Let the drain commit the batch in hand before the worker exits."""
-    service = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("webhook")
+    service = _service(worker)
     if service is not None:
         service.drain.stop()
 
@@ -77,3 +92,16 @@ def on_exit(server) -> None:
     """Remove the metrics folder this configuration made, when the master exits."""
     if _made_metrics_dir:
         shutil.rmtree(_made_metrics_dir, ignore_errors=True)
+
+
+def _service(worker):
+    """The worker's webhook Service (see web/service.py), on either worker class."""
+    app = getattr(worker, "asgi", None) or getattr(worker, "wsgi", None)
+    return getattr(app, "extensions", {}).get("webhook")
+
+
+def _is_flask_app(app) -> bool:
+    """Whether `app` is the Flask app of create_app() rather than an ASGI application."""
+    from flask import Flask
+
+    return isinstance(app, Flask) and "webhook" in app.extensions

@@ -1,0 +1,14 @@
+-- Keep each event's payload as the text Stripe sent (json) rather than PostgreSQL's binary
+-- form (jsonb). Nothing reads single fields of a stored payload in SQL on the hot path: a
+-- delivery stores it and a drain reads it back whole. jsonb made PostgreSQL parse and
+-- re-encode every payload on the way in and print it again on the way out; json only
+-- checks that it is valid JSON. Measured with pgbench on 2.6 kB subscription payloads,
+-- eight rows per insert: about 20,000 rows/s as json against 15,000 as jsonb, and in the
+-- service about a fifth less PostgreSQL CPU per delivery (README, Benchmark).
+--
+-- It also keeps the exact bytes that were signed, so an operator can compare a stored
+-- payload with Stripe's record of the event. The operators ->, ->>, #> and #>> work on
+-- json as on jsonb (cast with ::jsonb where a jsonb-only function is wanted).
+--
+-- The table is rewritten once; its toast_tuple_target (migration 003) stays.
+alter table webhook_private.events alter column payload type json using payload::json;

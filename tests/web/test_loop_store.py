@@ -1,0 +1,146 @@
+"""The event loop's store: deliveries that meet on a worker's loop go in with one insert,
+each gets what storing it alone would have said, one bad event never fails the others,
+and an outage answers everything queued at once.
+
+How grouping is made visible and deterministic: tests/inbox_stores.py.
+"""
+
+import asyncio
+import threading
+import time
+from dataclasses import replace
+
+import psycopg
+from inbox_stores import events, held_up, transaction_ids
+
+from webhook.core.errors import DatabaseUnavailable
+from webhook.database.pool import Database
+from webhook.pipeline import inbox
+from webhook.stripe.payloads import Event
+from webhook.web.loop_store import LoopStore
+
+NEW = inbox.Stored(status="received", new=True)
+
+
+def store_all(store: LoopStore, items: list[Event]) -> list[object]:
+    """Store the items from concurrent tasks of one loop, in this order; answers or errors."""
+
+    async def all_of_them() -> list[object]:
+        tasks = []
+        for item in items:
+            tasks.append(asyncio.create_task(store.receive(item)))
+            await asyncio.sleep(0.02)  # in this order, so the first one is stored first
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    try:
+        return asyncio.run(all_of_them())
+    finally:
+        store.close()
+
+
+def release_later(blocker: psycopg.Connection, seconds: float = 0.3) -> None:
+    threading.Timer(seconds, blocker.rollback).start()
+
+
+def test_deliveries_that_meet_are_stored_with_one_insert(db_url, database, conn):
+    store = LoopStore(database, max_rows=16)
+    first, *others = events(6)
+    blocker = held_up(db_url, first)
+    release_later(blocker)
+    answers = store_all(store, [first, *others])
+    blocker.close()
+
+    assert answers == [NEW] * 6
+    xids = transaction_ids(conn, [e.id for e in [first, *others]])
+    assert len(set(xids[1:])) == 1, "the five queued behind the first went in together"
+    assert xids[0] != xids[1]
+
+
+def test_a_group_is_never_larger_than_max_rows(db_url, database, conn):
+    store = LoopStore(database, max_rows=2)
+    first, *others = events(5)
+    blocker = held_up(db_url, first)
+    release_later(blocker)
+    answers = store_all(store, [first, *others])
+    blocker.close()
+
+    assert answers == [NEW] * 5
+    assert len(set(transaction_ids(conn, [e.id for e in others]))) == 2  # two per insert
+
+
+def test_a_lone_delivery_is_stored_at_once(database, conn):
+    store = LoopStore(database, max_rows=16)
+    (event,) = events(1)
+    started = time.monotonic()
+    assert store_all(store, [event]) == [NEW]
+    assert time.monotonic() - started < 2
+    assert conn.execute("select status from webhook_private.events").fetchall() == [("received",)]
+
+
+def test_duplicates_in_one_group_are_stored_once_and_counted(db_url, database, conn):
+    store = LoopStore(database, max_rows=16)
+    first, second, third = events(3)
+    stored_before = events(4)[3]
+    inbox.receive(conn, stored_before)
+    blocker = held_up(db_url, first)
+    release_later(blocker)
+    answers = store_all(store, [first, second, third, second, stored_before])
+    blocker.close()
+
+    again = inbox.Stored(status="received")
+    assert answers == [NEW, NEW, NEW, again, again]
+    deliveries = dict(conn.execute("select id, deliveries from webhook_private.events").fetchall())
+    assert deliveries == {first.id: 1, second.id: 2, third.id: 1, stored_before.id: 2}
+
+
+def test_an_event_the_database_refuses_fails_alone(db_url, database, conn):
+    store = LoopStore(database, max_rows=16)
+    first, good, also_good = events(3)
+    refused = replace(events(4)[3], text='{"not": json}')
+    blocker = held_up(db_url, first)
+    release_later(blocker)
+    answers = store_all(store, [first, good, refused, also_good])
+    blocker.close()
+
+    assert answers[0] == answers[1] == answers[3] == NEW
+    assert isinstance(answers[2], psycopg.errors.InvalidTextRepresentation)
+    stored = {row[0] for row in conn.execute("select id from webhook_private.events")}
+    assert stored == {first.id, good.id, also_good.id}
+
+
+def test_an_outage_answers_every_queued_delivery_at_once():
+    closed_port = "postgresql://postgres@127.0.0.1:9/none?connect_timeout=1"
+    database = Database(closed_port, min_size=0, max_size=2, timeout=1)
+    store = LoopStore(database, max_rows=2)
+    started = time.monotonic()
+    answers = store_all(store, events(7))
+    database.close()
+    assert all(isinstance(answer, DatabaseUnavailable) for answer in answers)
+    # The first insert's error, handed to every delivery that queued while it waited for a
+    # connection, instead of a wait of DB_POOL_TIMEOUT for each group of two behind it.
+    assert all(answer is answers[0] for answer in answers)
+    assert time.monotonic() - started < 3
+
+
+def test_a_delivery_whose_request_went_away_is_still_stored(db_url, database, conn):
+    store = LoopStore(database, max_rows=16)
+    first, gone, stays = events(3)
+    blocker = held_up(db_url, first)
+    release_later(blocker)
+
+    async def scenario() -> list[object]:
+        tasks = [asyncio.create_task(store.receive(e)) for e in (first, gone, stays)]
+        await asyncio.sleep(0.1)
+        tasks[1].cancel()  # its client closed the connection while it waited
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    try:
+        answers = asyncio.run(scenario())
+    finally:
+        store.close()
+    blocker.close()
+
+    assert answers[0] == answers[2] == NEW
+    assert isinstance(answers[1], asyncio.CancelledError)
+    stored = {row[0] for row in conn.execute("select id from webhook_private.events")}
+    assert stored == {first.id, gone.id, stays.id}  # a redelivery will find it

@@ -1,0 +1,102 @@
+"""Storing the deliveries one event loop holds with as few inserts as it can.
+
+The ASGI edge (asgi.py) reads, verifies and decodes every request of a worker on one
+event loop; storing is the one step that waits for PostgreSQL. Inserts run on a small
+thread pool with the same synchronous code as everywhere else (inbox.receive_many through
+the worker's connection pool), at most `in_flight` at once, by default one. Deliveries
+that arrive while an insert is on its way wait in a list and go in together with the next
+one, up to `max_rows` per insert: at a light load each delivery is stored at once on its
+own; under a heavy one a worker commits many events per transaction, which costs
+PostgreSQL and the worker far less per event than one commit each (README, Benchmark).
+
+Nothing here needs a lock: the list and the counter are only touched on the loop, and the
+thread pool hands each insert's answers back to the loop.
+
+The answers are those of grouped_store.store_together: each event's own; when the database
+is unavailable, the deliveries queued meanwhile get the same 503 at once rather than each
+waiting for a connection again; a data error in a grouped insert lands on its own event.
+"""
+
+import asyncio
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from webhook.core.errors import DatabaseUnavailable
+from webhook.database.pool import Database
+from webhook.pipeline import inbox
+from webhook.stripe.payloads import Event
+from webhook.web.grouped_store import Answers, store_together
+
+# Inserts one event loop runs at once. One keeps each worker's groups largest; measured on
+# two cores, it applied more events per second than two or four (README, Benchmark).
+INSERTS_IN_FLIGHT = 1
+
+_Waiting = tuple[Event, "asyncio.Future[inbox.Stored]"]
+
+
+class LoopStore:
+    """The inbox as the requests of one event loop store into it."""
+
+    def __init__(
+        self, database: Database, max_rows: int, in_flight: int = INSERTS_IN_FLIGHT
+    ) -> None:
+        self._database = database
+        self._max_rows = max_rows
+        self._in_flight_limit = in_flight
+        self._threads = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="store")
+        self._queue: list[_Waiting] = []
+        self._in_flight = 0
+
+    async def receive(self, event: Event) -> inbox.Stored:
+        """What inbox.receive says of `event`, stored together with the others queued.
+
+        Raises what storing raised (DatabaseUnavailable for an outage), for this event only.
+        If the request goes away meanwhile, its event is still stored (a redelivery then
+        finds it).
+        """
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[inbox.Stored] = loop.create_future()
+        self._queue.append((event, answer))
+        if self._in_flight < self._in_flight_limit:
+            self._launch(loop)
+        return await answer
+
+    def close(self) -> None:
+        """Let the inserts on their way finish; take no more."""
+        self._threads.shutdown(wait=True)
+
+    def _launch(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch = self._queue[: self._max_rows]
+        del self._queue[: self._max_rows]
+        self._in_flight += 1
+        events = [event for event, _ in batch]
+        work = self._threads.submit(store_together, self._database, events)
+        work.add_done_callback(
+            lambda done: loop.call_soon_threadsafe(self._landed, loop, batch, done)
+        )
+
+    def _landed(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        batch: list[_Waiting],
+        done: "Future[tuple[Answers, DatabaseUnavailable | None]]",
+    ) -> None:
+        """On the loop: answer the batch, then start the next insert if any is queued."""
+        self._in_flight -= 1
+        try:
+            answers, outage = done.result()
+        except BaseException as exc:  # store_together answers for itself; this is a bug
+            answers, outage = [exc] * len(batch), None
+        if outage is not None:
+            # Queued while the database was failing: the same answer, now.
+            answers = [*answers, *[outage] * len(self._queue)]
+            batch = [*batch, *self._queue]
+            self._queue.clear()
+        for (_, future), answer in zip(batch, answers, strict=True):
+            if future.done():  # the request was cancelled (its client went away)
+                continue
+            if isinstance(answer, BaseException):
+                future.set_exception(answer)
+            else:
+                future.set_result(answer)
+        if self._queue and self._in_flight < self._in_flight_limit:
+            self._launch(loop)
