@@ -73,7 +73,11 @@ class Server:
             stdout=self.log,
             stderr=self.log,
         )
-        self._wait_ready()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()  # never leave its workers (and their drains) running behind
+            raise
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + 30

@@ -75,7 +75,11 @@ class PeerServer:
         self.process = subprocess.Popen(
             ["node", "server.mjs"], cwd=folder, env=self._env, stdout=self.log, stderr=self.log
         )
-        self._wait_ready()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + 30

@@ -45,7 +45,7 @@ from webhook.database import migrations  # noqa: E402
 RESULTS = ROOT / "bench" / "results"
 WORK = RESULTS / "work"
 PGBENCH_SCRIPT = WORK / "pgbench_event.sql"
-UNIQUE_EVENTS_PER_SECOND = 2_500
+UNIQUE_EVENTS_PER_SECOND = 5_000
 
 
 def main() -> None:
@@ -115,7 +115,7 @@ class Plan:
 
     @classmethod
     def full(cls) -> "Plan":
-        return cls(sweep=(1, 2, 4, 8, 16), seconds=12, small_customers=1_000, large_customers=1_000_000,
+        return cls(sweep=(1, 2, 4, 8, 16, 32, 64), seconds=12, small_customers=1_000, large_customers=1_000_000,
                    old_events=1_000_000, memory_events=200_000, operator_rows=100_000,
                    sync_subscriptions=100_000, burst_events=100_000)  # fmt: skip
 
