@@ -289,6 +289,69 @@ def test_the_worker_stops_after_the_batch_in_hand(db_url, conn, factory) -> None
     )
 
 
+def stored_with_another_payload(conn: psycopg.Connection, delivery: Delivery) -> None:
+    """Store the delivery, then change its stored payload's type to one without a handler: a
+    drain that decodes the stored payload ignores it; one that uses the parsed delivery
+    applies it."""
+    receive(conn, [delivery])
+    conn.execute(
+        "update webhook_private.events"
+        " set payload = jsonb_set(payload::jsonb, '{type}', '\"charge.succeeded\"')::json"
+        " where id = %s",
+        (delivery.id,),
+    )
+
+
+def test_the_worker_applies_what_its_process_parsed_without_decoding_it_again(
+    db_url, conn, factory
+) -> None:
+    setup(conn)
+    user = USERS[0]
+    checkout = factory.checkout_completed(
+        customer="cus_known", subscription=None, client_reference_id=str(user)
+    )
+    stored_with_another_payload(conn, checkout)
+    worker = DrainWorker(db_url, RULES)
+    try:
+        worker.wake(parse_event(checkout.event, checkout.body.decode()))  # as the request does
+        assert worker.until_empty() == 1
+    finally:
+        worker.stop()
+    # The parsed checkout was applied (it linked the user), not the stored charge.
+    assert conn.execute(
+        "select outcome from webhook_private.event_attempts where event_id = %s", (checkout.id,)
+    ).fetchone() == ("processed",)
+    assert conn.execute(
+        "select customer_uuid from webhook_private.customer_links where stripe_customer_id = %s",
+        ("cus_known",),
+    ).fetchone() == (user,)
+    assert worker._known == {}  # forgotten once applied
+
+
+def test_parsed_events_are_kept_briefly_and_boundedly(db_url, conn, factory, monkeypatch) -> None:
+    """Another process's drain may take an event this process parsed: its entry expires
+    (KNOWN_EVENTS_SECONDS), and no more than KNOWN_EVENTS_LIMIT are ever kept."""
+    from webhook.pipeline import drain_worker
+
+    monkeypatch.setattr(drain_worker, "KNOWN_EVENTS_LIMIT", 3)
+    monkeypatch.setattr(drain_worker, "KNOWN_EVENTS_SECONDS", 0.05)
+    worker = DrainWorker(db_url, RULES)
+    try:
+        parsed = [
+            parse_event(d.event, d.body.decode())
+            for d in (factory.other("charge.succeeded") for _ in range(5))
+        ]
+        for event in parsed:
+            worker.wake(event)
+        assert list(worker._known) == [e.id for e in parsed[:3]]
+        # None of them is stored (another drain took them, say); they expire.
+        threading.Event().wait(0.1)
+        assert worker.until_empty() == 0
+        assert worker._known == {} and worker._known_since == {}
+    finally:
+        worker.stop()
+
+
 def test_doctor_warns_when_the_queue_lags(db_url, conn, factory) -> None:
     def doctor() -> str:
         result = CliRunner().invoke(
