@@ -1,12 +1,14 @@
-"""Renewal invoices decided in a batch end where their handler, event by event, ends.
+"""Renewal invoices decided in a batch end where the same events, one at a time, end.
 
 The same accounts in two databases (linked customers with plans and spent resources,
 earlier resets, an unlinked Stripe customer, a customer without a plan), then a random
 month-start run of paid invoices: both events of each renewal, duplicates, periods older
 than the last reset, an invoice id seen for another customer, invoices that are no cycle
-renewal. One database applies them with renewal_batch, the other with the invoice
-handler one at a time in the same order; outcomes, resets, balances and audit rows must
-be equal.
+renewal. One database applies them as a drain does, in one batch (decided in memory from
+one read); the other through the invoice handler, one event per savepoint in the same
+order (the same rule, for a batch of one, reading what the events before it wrote);
+outcomes, resets, balances and audit rows must be equal. The rule's own cases are below
+and in tests/pipeline/test_webhook_events.py.
 """
 
 import random
@@ -19,7 +21,7 @@ from stripe_events import MONTH, Delivery, EventFactory
 from test_drain import PLANS, RULES, drain_until_empty, receive
 
 from webhook.pipeline import drain, inbox
-from webhook.pipeline.renewal_batch import apply_renewals, renewal_for
+from webhook.pipeline.renewal_batch import Renewal, apply_renewals, renewal_for
 from webhook.stripe.payloads import parse_event
 
 USERS = [uuid.UUID(int=n) for n in range(11, 16)]  # the last one never subscribes
@@ -121,7 +123,7 @@ def test_a_batch_of_renewals_ends_where_the_handler_one_by_one_ends(conn, twin, 
         prepare(db, setup, run)
     events = [parse_event(d.event, d.body.decode()) for d in run]
     batch = [renewal_for(e) for e in events]
-    assert all(batch), "every renewal of this run is readable"
+    assert all(r and not (r.unreadable or r.unreadable_period) for r in batch)
 
     with conn.transaction():
         conn.execute("select set_config('webhook.source', '', true)")
@@ -135,19 +137,67 @@ def test_a_batch_of_renewals_ends_where_the_handler_one_by_one_ends(conn, twin, 
     assert {status for _, status, _ in outcomes} == {"processed", "ignored"}
 
 
-def test_an_unreadable_invoice_is_left_to_its_handler_which_fails_it(conn, plans) -> None:
+def test_an_unreadable_invoice_fails_with_its_reason(conn, plans) -> None:
     f = EventFactory(seed=3)
     no_customer = f.invoice("invoice.paid", invoice_id="in_x", customer="cus_0", subscription=None,
                             period_start=f.clock, period_end=f.clock + MONTH)  # fmt: skip
     no_customer.event["data"]["object"]["customer"] = None
     event = parse_event(no_customer.event)
-    assert renewal_for(event) is None
+    assert renewal_for(event) == Renewal(event, None, unreadable="invoice has no id or no customer")
     inbox.receive(conn, event)  # stored as parsed (the delivery's body still names cus_0)
     drain_until_empty(conn, RULES)
     status, error = conn.execute(
         "select status, error from webhook_private.events where id = %s", (event.id,)
     ).fetchone()
     assert (status, error) == ("failed", "invoice has no id or no customer")
+
+
+def test_a_period_that_is_no_timestamp_fails_a_linked_customers_invoice_only(conn) -> None:
+    """As the handler always did: the period matters once the customer is known."""
+    f = EventFactory(seed=6)
+    prepare(conn, accounts(f), [])
+    far = 10**12  # past the year 9999
+    linked, unlinked = (
+        f.invoice("invoice.paid", invoice_id=f"in_far_{who}", customer=who, subscription=None,
+                  period_start=far, period_end=far + MONTH)
+        for who in ("cus_0", "cus_nobody")
+    )  # fmt: skip
+    receive(conn, [linked, unlinked])
+    drain_until_empty(conn, RULES)
+    rows = dict(
+        conn.execute(
+            "select object_id, status || coalesce(': ' || error, '') from webhook_private.events"
+            " where object_id like 'in_far_%'"
+        ).fetchall()
+    )
+    assert rows == {
+        "in_far_cus_0": f"failed: timestamp {far} is out of range",
+        "in_far_cus_nobody": "ignored",
+    }
+
+
+def test_an_invoice_already_reset_for_another_customer_resets_nobody(conn) -> None:
+    f = EventFactory(seed=7)
+    prepare(conn, accounts(f), [])
+    later = f.clock + 5 * MONTH
+    first, reused = (
+        f.invoice("invoice.paid", invoice_id="in_shared", customer=who, subscription=None,
+                  period_start=later, period_end=later + MONTH)
+        for who in ("cus_0", "cus_1")
+    )  # fmt: skip
+    receive(conn, [first])
+    drain_until_empty(conn, RULES)
+    receive(conn, [reused])
+    drain_until_empty(conn, RULES)
+    assert conn.execute(
+        "select status from webhook_private.events where id = %s", (reused.id,)
+    ).fetchone() == ("ignored",)
+    assert conn.execute(
+        "select customer_uuid from webhook_private.resource_resets where invoice_id = 'in_shared'"
+    ).fetchall() == [(USERS[0],)]
+    assert conn.execute(
+        "select remaining_resources from public.customer where uuid = %s", (USERS[1],)
+    ).fetchone() == ({"api_calls": 7},)
 
 
 def test_a_reset_the_database_refuses_fails_that_event_only(conn) -> None:

@@ -17,10 +17,10 @@ the queue by itself (its transaction is rolled back). Within the batch:
   batch engine leaves) go through their handlers one by one, each in a savepoint, so an
   event that fails, or whose handler raises, is `failed` with its reason and never stops
   the events behind it;
-- paid invoices come last, decided together by renewal_batch with the invoice handler's
-  rule (after the batch's other events: its checkouts have linked their customers, its
-  `customer.deleted` unlinked them), and go one by one through the handler if the
-  database refuses that batch's writes.
+- paid invoices come last, decided together by renewal_batch, the rule the invoice
+  handler applies to one event (after the batch's other events: its checkouts have
+  linked their customers, its `customer.deleted` unlinked them), and go one by one
+  through the handler if the database refuses that batch's writes.
 
 Events in one batch are applied in an order of the drain's choosing: the mirror, the links
 and the resets are order-safe, so the result is the one any delivery order gives.

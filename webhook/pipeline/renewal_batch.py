@@ -1,33 +1,34 @@
-"""Renewal invoices in batches, with the result of their handler applied one by one.
+"""Paid renewals: the one place their rule is decided, for one event or a whole batch.
 
 At the start of a month most of the queue is renewals: for each subscription an
-`invoice.paid` and an `invoice.payment_succeeded` for the same invoice. One by one, each
-takes a savepoint and four statements (lock, link lookup, reset claim, resource update).
-Here a whole batch of them is decided in memory, in the order given, by the handler's rule
-(handlers/invoices.py), and written in four statements:
+`invoice.paid` and an `invoice.payment_succeeded` for the same invoice. A drain hands a
+whole batch of them here; the invoice handler (handlers/invoices.py) hands one. Either
+way they are decided in memory, in the order given, and written in four statements:
 
 - an invoice that is not a `subscription_cycle` renewal is ignored without a lookup;
+- an invoice without an id or a customer fails (before any lookup);
 - an invoice whose Stripe customer is not linked is ignored (linking assigns the plan
   with its full resources later);
+- a linked one whose service period is no readable timestamp fails;
 - a renewal claims its reset once per invoice, and only when its period starts after the
   customer's last reset; a claimed reset puts the customer's resources back to the plan's.
 
 Each claimed reset names its event; the customer's `resource_reset` audit row names the
-first event that changed the balance, as the handler would. An invoice this path cannot
-read (no id, no customer, a timestamp out of range) is left to the handler, which fails it
-with its reason.
+first event that changed the balance (for one event, the trigger has named it already).
+tests/pipeline/test_renewal_batch.py checks that a batch ends where its events one at a
+time end, and tests/pipeline/test_webhook_events.py the rule itself.
 """
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import psycopg
 
+from webhook.pipeline.audit_rows import name_audit_rows
 from webhook.pipeline.handlers.base import Outcome
 from webhook.pipeline.replay_result import ReplayResult
-from webhook.pipeline.subscription_batch import name_audit_rows
 from webhook.stripe.payloads import (
     Event,
     PayloadError,
@@ -42,17 +43,25 @@ RENEWAL_TYPES = frozenset({"invoice.paid", "invoice.payment_succeeded"})
 
 @dataclass(frozen=True)
 class Renewal:
-    """A parsed paid-invoice event; `stripe_customer` is None when it is no cycle renewal."""
+    """A paid-invoice event as the rule reads it; `stripe_customer` is None when it is no
+    cycle renewal or has no customer."""
 
     event: Event
     stripe_customer: str | None
     invoice_id: str | None = None
     subscription_id: str | None = None
     period_start: datetime | None = None
+    # Why it cannot be applied: no id or no customer (whoever it belongs to), or a service
+    # period that is no timestamp (which matters only once the customer is linked).
+    unreadable: str | None = None
+    unreadable_period: str | None = None
+
+
+NO_ID_OR_CUSTOMER = "invoice has no id or no customer"
 
 
 def renewal_for(event: Event) -> Renewal | None:
-    """The event as this path takes it; None for another type or an unreadable invoice."""
+    """The event as this rule reads it; None for a type it does not decide."""
     if event.type not in RENEWAL_TYPES:
         return None
     invoice = event.object
@@ -60,14 +69,13 @@ def renewal_for(event: Event) -> Renewal | None:
         return Renewal(event, None)
     stripe_customer = expandable_id(invoice.get("customer"))
     if stripe_customer is None or event.object_id is None:
-        return None
+        return Renewal(event, None, unreadable=NO_ID_OR_CUSTOMER)
+    renewal = Renewal(event, stripe_customer, event.object_id, invoice_subscription_id(invoice))
     try:
         period_start = timestamp(invoice_service_period_start(invoice) or event.created)
-    except PayloadError:
-        return None
-    return Renewal(
-        event, stripe_customer, event.object_id, invoice_subscription_id(invoice), period_start
-    )
+    except PayloadError as exc:
+        return replace(renewal, unreadable_period=str(exc))
+    return replace(renewal, period_start=period_start)
 
 
 def apply_renewals(conn: psycopg.Connection, renewals: Sequence[Renewal]) -> list[ReplayResult]:
@@ -84,8 +92,12 @@ def apply_renewals(conn: psycopg.Connection, renewals: Sequence[Renewal]) -> lis
     claimed: list[tuple[Renewal, uuid.UUID]] = []
     for renewal in renewals:
         owner = owners.get(renewal.stripe_customer) if renewal.stripe_customer else None
-        if owner is None:
+        if renewal.unreadable:
+            outcome = Outcome.failed(renewal.unreadable)
+        elif owner is None:
             outcome = Outcome.ignored()
+        elif renewal.unreadable_period:
+            outcome = Outcome.failed(renewal.unreadable_period)
         elif renewal.invoice_id in reset_invoices or not _after(renewal, last_start.get(owner)):
             outcome = Outcome.ignored(owner)
         else:

@@ -25,7 +25,6 @@ parse, a subscription whose metadata names a customer (linking has its own rules
 with STRIPE_API_KEY set, a full tie with the stored state (which asks Stripe).
 """
 
-import json
 import logging
 import time
 import uuid
@@ -35,6 +34,7 @@ from typing import Any
 
 import psycopg
 
+from webhook.pipeline.audit_rows import name_audit_rows
 from webhook.pipeline.handlers.base import Outcome, unknown_prices_message
 from webhook.pipeline.handlers.subscriptions import readable_state
 from webhook.pipeline.processor import ProcessingRules
@@ -428,23 +428,6 @@ def _write_plans(conn: psycopg.Connection, writes: list[tuple[uuid.UUID, int | N
         (customers, [plan for _, plan, _ in writes], customers),
     )
     name_audit_rows(conn, "plan_change", {owner: event_id for owner, _, event_id in writes})
-
-
-def name_audit_rows(conn: psycopg.Connection, action: str, events: dict[uuid.UUID, str]) -> None:
-    """Name each customer's `action` audit rows written so far by this transaction without a
-    source (one batch statement wrote them) after the event that caused them."""
-    conn.execute(
-        """
-        update public.audit_logs a set source = %s::jsonb ->> a.customer_uuid::text
-         where a.customer_uuid = any(%s::uuid[])
-           and a.created_at = now() and a.action = %s and a.source is null
-        """,
-        (
-            json.dumps({str(owner): f"stripe:{event_id}" for owner, event_id in events.items()}),
-            list(events),
-            action,
-        ),
-    )
 
 
 _RECORD_OUTCOMES = """
