@@ -6,7 +6,8 @@
 -- eight rows per insert: about 20,000 rows/s as json against 15,000 as jsonb, and in the
 -- service about a fifth less PostgreSQL CPU per delivery (README, Benchmark).
 --
--- It also keeps the exact bytes that were signed, so an operator can compare a stored
+-- It also keeps the exact bytes that were signed, for events stored from now on (rows
+-- converted here keep jsonb's normalised text), so an operator can compare a stored
 -- payload with Stripe's record of the event. The operators ->, ->>, #> and #>> work on
 -- json as on jsonb (cast with ::jsonb where a jsonb-only function is wanted).
 --

@@ -105,6 +105,7 @@ class AsgiClient:
             raw_headers.append((b"content-length", str(len(body)).encode()))
         else:
             raw_headers.append((b"transfer-encoding", b"chunked"))
+        # As gunicorn's asyncio worker hands it over: an absolute-form target stays whole.
         path_only, _, query = path.partition("?")
         scope = {
             "type": "http",

@@ -5,10 +5,11 @@ earlier resets, an unlinked Stripe customer, a customer without a plan), then a 
 month-start run of paid invoices: both events of each renewal, duplicates, periods older
 than the last reset, an invoice id seen for another customer, invoices that are no cycle
 renewal. One database applies them as a drain does, in one batch (decided in memory from
-one read); the other through the invoice handler, one event per savepoint in the same
-order (the same rule, for a batch of one, reading what the events before it wrote);
-outcomes, resets, balances and audit rows must be equal. The rule's own cases are below
-and in tests/pipeline/test_webhook_events.py.
+one read); the other one event at a time in the same order, each reading what the events
+before it wrote: through the invoice handler (the same rule, for a batch of one), and
+through the rule written out independently as SQL (reference_rule). Outcomes, resets,
+balances and audit rows must be equal. The rule's own cases are below and in
+tests/pipeline/test_webhook_events.py.
 """
 
 import random
@@ -21,8 +22,9 @@ from stripe_events import MONTH, Delivery, EventFactory
 from test_drain import PLANS, RULES, drain_until_empty, receive
 
 from webhook.pipeline import drain, inbox
+from webhook.pipeline.handlers.base import Outcome
 from webhook.pipeline.renewal_batch import Renewal, apply_renewals, renewal_for
-from webhook.stripe.payloads import parse_event
+from webhook.stripe.payloads import Event, invoice_subscription_id, parse_event
 
 USERS = [uuid.UUID(int=n) for n in range(11, 16)]  # the last one never subscribes
 LINKED = {f"cus_{n}": user for n, user in enumerate(USERS)}
@@ -114,8 +116,65 @@ def state(db: psycopg.Connection) -> dict[str, list]:
     }
 
 
+def reference_rule(conn: psycopg.Connection, event: Event) -> Outcome:
+    """The renewal rule written out independently, as SQL one event at a time (the form
+    the invoice handler had before it used renewal_batch): the reference the batch and the
+    handler are both held to."""
+    invoice = event.object
+    if invoice.get("billing_reason") != "subscription_cycle":
+        return Outcome.ignored()
+    customer = conn.execute(
+        "select customer_uuid from webhook_private.customer_links where stripe_customer_id = %s",
+        (invoice["customer"],),
+    ).fetchone()
+    if customer is None or customer[0] is None:
+        return Outcome.ignored()
+    starts = [line["period"]["start"] for line in invoice["lines"]["data"]]
+    claimed = conn.execute(
+        """
+        insert into webhook_private.resource_resets
+          (invoice_id, customer_uuid, subscription_id, period_start, event_id)
+        select %(invoice)s, %(customer)s, %(subscription)s, to_timestamp(%(start)s), %(event)s
+         where not exists (
+           select from webhook_private.resource_resets r
+            where r.customer_uuid = %(customer)s
+              and (r.invoice_id = %(invoice)s or r.period_start >= to_timestamp(%(start)s)))
+        on conflict (invoice_id) do nothing
+        returning 1
+        """,
+        {"invoice": invoice["id"], "customer": customer[0], "event": event.id,
+         "subscription": invoice_subscription_id(invoice), "start": max(starts)},
+    ).fetchone()  # fmt: skip
+    if claimed is None:
+        return Outcome.ignored(customer[0])
+    conn.execute(
+        "update public.customer set remaining_resources = plan_resources where uuid = %s"
+        " and plan_id is not null and remaining_resources is distinct from plan_resources",
+        (customer[0],),
+    )
+    return Outcome.processed(customer[0])
+
+
+def one_at_a_time(db: psycopg.Connection, events: list[Event], how: str) -> list[tuple]:
+    """Each event in a savepoint of its own, naming its audit rows, as a drain's handler
+    does: through the invoice handler, or through the reference rule."""
+    outcomes = []
+    with db.transaction():
+        for event in events:
+            if how == "handler":
+                result = drain._apply_one(db, event, RULES)
+                outcomes.append((result.event_id, result.outcome.status, result.outcome.customer))
+                continue
+            with db.transaction():
+                db.execute("select set_config('webhook.source', %s, true)", (f"stripe:{event.id}",))
+                outcome = reference_rule(db, event)
+            outcomes.append((event.id, outcome.status, outcome.customer))
+    return outcomes
+
+
+@pytest.mark.parametrize("how", ["reference", "handler"])
 @pytest.mark.parametrize("seed", range(8))
-def test_a_batch_of_renewals_ends_where_the_handler_one_by_one_ends(conn, twin, seed) -> None:
+def test_a_batch_of_renewals_ends_where_they_end_one_at_a_time(conn, twin, seed, how) -> None:
     f = EventFactory(seed=seed)
     setup = accounts(f)
     run = renewals(seed, f)
@@ -128,11 +187,10 @@ def test_a_batch_of_renewals_ends_where_the_handler_one_by_one_ends(conn, twin, 
     with conn.transaction():
         conn.execute("select set_config('webhook.source', '', true)")
         batched = apply_renewals(conn, [r for r in batch if r is not None])
-    with twin.transaction():
-        one_by_one = [drain._apply_one(twin, event, RULES) for event in events]
+    one_by_one = one_at_a_time(twin, events, how)
 
     outcomes = [(r.event_id, r.outcome.status, r.outcome.customer) for r in batched]
-    assert outcomes == [(r.event_id, r.outcome.status, r.outcome.customer) for r in one_by_one]
+    assert outcomes == one_by_one
     assert state(conn) == state(twin)
     assert {status for _, status, _ in outcomes} == {"processed", "ignored"}
 

@@ -17,6 +17,7 @@ from webhook_support import SECRET, build_app
 from webhook.web import delivery, gunicorn_config
 from webhook.web.app import DISCARD_LIMIT_BYTES
 from webhook.web.asgi import AsgiEdge
+from webhook.web.wsgi_bridge import wsgi_environ
 
 
 @pytest.fixture
@@ -77,9 +78,11 @@ def test_a_declared_length_past_the_discard_limit_is_refused_unread(edge, conn) 
     assert stored_ids(conn) == []
 
 
-def test_a_client_gone_before_its_body_arrived_gets_nothing_and_nothing_is_stored(
+def test_a_body_that_never_arrives_whole_gets_400_and_nothing_is_stored(
     edge, conn, factory
 ) -> None:
+    """The client left, or stopped sending for gunicorn's timeout (both reach the app as
+    http.disconnect): a JSON 400 (gunicorn drops it if nobody is left to read it)."""
     delivery = factory.other()
     messages = [
         {"type": "http.request", "body": delivery.body[:100], "more_body": True},
@@ -95,8 +98,39 @@ def test_a_client_gone_before_its_body_arrived_gets_nothing_and_nothing_is_store
 
     headers = [(b"stripe-signature", sign(delivery.body, SECRET).encode())]
     asyncio.run(edge(request_scope("POST", "/webhook", headers), receive, send))
-    assert sent == []
+    assert sent[0]["status"] == 400
+    assert sent[1]["body"] == b'{"error":"the request body did not arrive"}'
     assert stored_ids(conn) == []
+
+
+def test_an_absolute_form_target_is_served_as_its_path(conn, client, factory) -> None:
+    """`POST http://host/webhook HTTP/1.1` is valid HTTP/1.1; gunicorn's asyncio worker
+    passes the whole target on as the path."""
+    delivery = factory.other()
+    response = client.post("http://hooks.example.test/webhook", delivery.body, signed(delivery))
+    assert response.status_code == 200
+    assert stored_ids(conn) == [delivery.id]
+    assert client.get("http://hooks.example.test/healthz").get_json() == {"status": "ok"}
+
+
+def test_other_routes_answer_as_flask_does_whatever_body_they_carry(client) -> None:
+    big = b"x" * (2 * 1024 * 1024)
+    assert client.open("GET", "/healthz", big).status_code == 200
+    assert client.open("POST", "/metrics", big).status_code == 405
+    assert client.open("POST", "/nowhere", big, chunks=8).status_code == 404
+
+
+def test_flask_gets_a_read_body_as_a_plain_one() -> None:
+    scope = request_scope(
+        "GET", "/caf\u00e9", [(b"transfer-encoding", b"chunked"), (b"x-a", b"1"), (b"x-a", b"2")]
+    )
+    environ = wsgi_environ({**scope, "query_string": b"q=%20"}, b"abc", 3)
+    assert environ["CONTENT_LENGTH"] == "3" and environ["wsgi.input"].read() == b"abc"
+    assert "HTTP_TRANSFER_ENCODING" not in environ
+    assert environ["wsgi.input_terminated"] is True
+    assert environ["HTTP_X_A"] == "1,2"
+    assert environ["PATH_INFO"] == "/caf\u00e9".encode().decode("latin-1")
+    assert environ["QUERY_STRING"] == "q=%20"
 
 
 def test_an_unexpected_error_gets_500_without_a_traceback(client, factory, monkeypatch) -> None:

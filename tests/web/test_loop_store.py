@@ -144,3 +144,51 @@ def test_a_delivery_whose_request_went_away_is_still_stored(db_url, database, co
     assert isinstance(answers[1], asyncio.CancelledError)
     stored = {row[0] for row in conn.execute("select id from webhook_private.events")}
     assert stored == {first.id, gone.id, stays.id}  # a redelivery will find it
+
+
+def test_closing_answers_what_is_still_queued_with_503(db_url, database, conn):
+    """A worker stopping (lifespan shutdown) while an insert is on its way: that insert
+    lands, the deliveries queued behind it get 503 at once (Stripe sends them again),
+    and so does any that arrives afterwards."""
+    store = LoopStore(database, max_rows=16)
+    first, *queued = events(4)
+    blocker = held_up(db_url, first)
+
+    async def scenario() -> tuple[list[object], object]:
+        tasks = []
+        for event in (first, *queued):
+            tasks.append(asyncio.create_task(store.receive(event)))
+            await asyncio.sleep(0.02)
+        loop = asyncio.get_running_loop()
+        closing = loop.run_in_executor(None, store.close)  # as the lifespan shutdown does
+        await asyncio.sleep(0.1)
+        blocker.rollback()
+        await closing
+        answers = await asyncio.gather(*tasks, return_exceptions=True)
+        late = await asyncio.gather(store.receive(events(5)[4]), return_exceptions=True)
+        return answers, late[0]
+
+    answers, late = asyncio.run(scenario())
+    blocker.close()
+    assert answers[0] == NEW
+    assert all(isinstance(a, DatabaseUnavailable) for a in answers[1:]), answers
+    assert isinstance(late, DatabaseUnavailable)
+    assert store._in_flight == 0
+    stored = {row[0] for row in conn.execute("select id from webhook_private.events")}
+    assert stored == {first.id}
+
+
+def test_a_full_queue_answers_503_at_once(db_url, database, monkeypatch):
+    """A database that stalls rather than fails must not let a worker take in deliveries
+    without end: past QUEUE_LIMIT waiting, a delivery gets 503 at once."""
+    from webhook.web import loop_store
+
+    monkeypatch.setattr(loop_store, "QUEUE_LIMIT", 2)
+    store = LoopStore(database, max_rows=16)
+    first, *more = events(5)
+    blocker = held_up(db_url, first)
+    release_later(blocker)
+    answers = store_all(store, [first, *more])
+    blocker.close()
+    assert answers[:3] == [NEW] * 3  # the insert on its way, and two queued
+    assert all(isinstance(a, DatabaseUnavailable) for a in answers[3:]), answers

@@ -4,6 +4,7 @@ Every test runs twice (the `serve` fixture): through Flask's test client (the WS
 and through the ASGI edge that gunicorn runs in production.
 """
 
+import io
 import json
 import socket
 import threading
@@ -188,6 +189,27 @@ def test_a_body_over_one_mebibyte_gets_413(conn, client, factory) -> None:
     assert status == 413
     assert "larger" in answer["error"]
     assert stored_events(conn) == 0
+
+
+def test_a_body_without_a_length_is_measured_too(conn, app, factory) -> None:
+    """A chunked body (no Content-Length) reaches the Flask route, which must neither cut
+    it at the limit (the signature would then fail) nor store a longer one. (The ASGI
+    edge's side: tests/web/test_asgi_edge.py.)"""
+    client = app.test_client()
+    event = factory.other().event
+    event["data"]["object"]["padding"] = "x" * (1024 * 1024)
+    big = Delivery.from_event(event)
+    small = factory.other()
+    for delivery, status in ((big, 413), (small, 200)):
+        response = client.post(
+            "/webhook",
+            input_stream=io.BytesIO(delivery.body),
+            headers={"Stripe-Signature": sign(delivery.body, SECRET)},
+            # As gunicorn hands a chunked body over: no length, the stream ends with it.
+            environ_overrides={"CONTENT_LENGTH": "", "wsgi.input_terminated": True},
+        )
+        assert response.status_code == status, response.get_json()
+    assert stored_events(conn) == 1
 
 
 @pytest.mark.parametrize("method", ["get", "put", "delete", "patch"])

@@ -74,6 +74,9 @@ class DrainWorker:
         # Events this process stored and parsed, until its drain applies them (bounded).
         self._known: dict[str, Event] = {}  # insertion order: oldest first
         self._known_since: dict[str, float] = {}
+        # wake() adds from request threads or the event loop while the drain's thread reads
+        # and forgets: one of them at a time.
+        self._known_lock = threading.Lock()
 
     # -- control --------------------------------------------------------------------------
 
@@ -96,8 +99,9 @@ class DrainWorker:
         another process's drain takes it, that one reads the stored payload).
         """
         if event is not None and len(self._known) < KNOWN_EVENTS_LIMIT:
-            self._known[event.id] = event
-            self._known_since[event.id] = time.monotonic()
+            with self._known_lock:
+                self._known[event.id] = event
+                self._known_since[event.id] = time.monotonic()
         self._wake.set()
 
     def request_stop(self) -> None:
@@ -189,23 +193,22 @@ class DrainWorker:
                 raise ProjectError(f"events are still queued after {timeout:g}s")
 
     def _drain_batch(self, conn: psycopg.Connection) -> list[Applied]:
+        # drain_batch only looks entries up, which is safe while wake() adds some.
         applied = drain_batch(conn, self._rules, limit=self._batch_size, known=self._known)
-        for event in applied:
-            self._known.pop(event.event_id, None)
-            self._known_since.pop(event.event_id, None)
-        self._forget_old()
-        return applied
-
-    def _forget_old(self) -> None:
-        """Drop parsed events older than KNOWN_EVENTS_SECONDS: other drains took them."""
         cutoff = time.monotonic() - KNOWN_EVENTS_SECONDS
-        # Oldest first, so only the expired head is visited (no copy of the whole dict per batch).
-        while self._known_since:
-            event_id, since = next(iter(self._known_since.items()))
-            if since >= cutoff:
-                break  # the rest are newer
-            del self._known_since[event_id]
-            self._known.pop(event_id, None)
+        with self._known_lock:
+            for event in applied:
+                self._known.pop(event.event_id, None)
+                self._known_since.pop(event.event_id, None)
+            # Older entries: other drains took those events. Oldest first, so only the
+            # expired head is visited.
+            while self._known_since:
+                event_id, since = next(iter(self._known_since.items()))
+                if since >= cutoff:
+                    break  # the rest are newer
+                del self._known_since[event_id]
+                self._known.pop(event_id, None)
+        return applied
 
     # -- connection -----------------------------------------------------------------------
 

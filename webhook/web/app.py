@@ -90,10 +90,15 @@ def _register_routes(app: Flask, service: Service) -> None:
     @app.post("/webhook")
     def receive_event() -> Response:
         """What the fast path leaves: too large a body, no Content-Length."""
+        too_large = delivery.error(413, f"body larger than {MAX_BODY_BYTES} bytes")
         if (request.content_length or 0) > MAX_BODY_BYTES:
             _discard_body(request.environ)
-            return _respond(delivery.error(413, f"body larger than {MAX_BODY_BYTES} bytes"))
-        payload = request.get_data(cache=False)
+            return _respond(too_large)
+        # Without a length (a chunked body), read one byte past the limit to tell a body
+        # of exactly the limit from a longer one, which would otherwise arrive cut short.
+        payload = request.environ["wsgi.input"].read(MAX_BODY_BYTES + 1)
+        if len(payload) > MAX_BODY_BYTES:
+            return _respond(too_large)
         return _respond(delivery.handle(service, payload, request.headers.get("Stripe-Signature")))
 
     @app.get("/metrics")

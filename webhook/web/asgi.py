@@ -24,6 +24,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Flask
 
@@ -75,19 +76,23 @@ class AsgiEdge:
     # -- HTTP -----------------------------------------------------------------------------
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = _origin_path(scope["path"])
+        if path != scope["path"]:
+            scope = {**scope, "path": path}
         declared = _content_length(scope["headers"])
+        if path != "/webhook" or scope["method"] != "POST":
+            await self._to_flask(scope, receive, send, declared)
+            return
         if declared is not None and declared > flask_app.DISCARD_LIMIT_BYTES:
             await _send_answer(send, _too_large())  # the server closes the connection
             return
         try:
-            body = await _read_body(receive, flask_app.MAX_BODY_BYTES)
-        except _ClientGone:
+            body, more = await _read_body(receive, flask_app.MAX_BODY_BYTES)
+        except _BodyMissing:
+            await _send_answer(send, delivery.error(400, "the request body did not arrive"))
             return
-        if body is None:
+        if more:
             await _send_answer(send, _too_large())
-            return
-        if scope["path"] != "/webhook" or scope["method"] != "POST":
-            await wsgi_bridge.call(self.flask, scope, body, send, self._threads)
             return
         try:
             answer = await self._deliver(body, _header(scope["headers"], b"stripe-signature"))
@@ -95,6 +100,24 @@ class AsgiEdge:
             log.exception("unexpected error")
             answer = delivery.error(500, "internal error")
         await _send_answer(send, answer)
+
+    async def _to_flask(
+        self, scope: Scope, receive: Receive, send: Send, declared: int | None
+    ) -> None:
+        """Any other request, answered by Flask on a thread. Its routes read no body; one
+        that fits the limit is handed over all the same, and a larger one is left to
+        Flask's own limit (413 if a route reads it)."""
+        body = b""
+        if declared is None or declared <= flask_app.MAX_BODY_BYTES:
+            try:
+                body, more = await _read_body(receive, flask_app.MAX_BODY_BYTES)
+            except _BodyMissing:
+                await _send_answer(send, delivery.error(400, "the request body did not arrive"))
+                return
+            if more:
+                declared = max(declared or 0, flask_app.MAX_BODY_BYTES + 1)
+        length = len(body) if declared is None else declared
+        await wsgi_bridge.call(self.flask, scope, body, length, send, self._threads)
 
     async def _deliver(self, body: bytes, signature: str | None) -> delivery.Answer:
         """delivery.handle's steps, with the store on the loop and inline work on a thread."""
@@ -136,27 +159,38 @@ def _too_large() -> delivery.Answer:
     return delivery.error(413, f"body larger than {flask_app.MAX_BODY_BYTES} bytes")
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes | None:
-    """The whole request body; None if it is longer than `limit` (read on, up to
-    DISCARD_LIMIT_BYTES, and thrown away, so that the client, still sending, gets the 413)."""
+async def _read_body(receive: Receive, limit: int) -> tuple[bytes, bool]:
+    """The request body up to `limit` bytes, and whether there was more. More is read on,
+    up to DISCARD_LIMIT_BYTES, and thrown away, so that a client still sending receives the
+    answer rather than a reset connection.
+
+    Raises _BodyMissing when the client went away, or stopped sending for gunicorn's
+    timeout, before the body was complete.
+    """
     chunks: list[bytes] = []
     size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise _ClientGone
+            raise _BodyMissing
         chunk = message.get("body", b"")
         size += len(chunk)
         if size <= limit:
             chunks.append(chunk)
-        elif size > flask_app.DISCARD_LIMIT_BYTES:
-            return None
-        if not message.get("more_body", False):
-            return b"".join(chunks) if size <= limit else None
+        if size > flask_app.DISCARD_LIMIT_BYTES or not message.get("more_body", False):
+            return b"".join(chunks), size > limit
 
 
-class _ClientGone(Exception):
-    """The client closed the connection before its request was read: nobody to answer."""
+class _BodyMissing(Exception):
+    """The request's body did not arrive whole: the client left or stopped sending."""
+
+
+def _origin_path(target: str) -> str:
+    """The path of a request target; an absolute-form one (`http://host/webhook`, which
+    HTTP/1.1 servers must accept and gunicorn passes on whole) is cut to its path."""
+    if target.startswith("/"):
+        return target
+    return urlsplit(target).path or "/"
 
 
 def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:

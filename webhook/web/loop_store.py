@@ -29,6 +29,12 @@ from webhook.web.grouped_store import Answers, store_together
 # Inserts one event loop runs at once. One keeps each worker's groups largest; measured on
 # two cores, it applied more events per second than two or four (README, Benchmark).
 INSERTS_IN_FLIGHT = 1
+# Deliveries one worker holds waiting for an insert. A database that stalls rather than
+# fails (a lock held by a migration, say) would otherwise let a worker take in bodies for
+# as long as connections arrive; past this many, a delivery gets 503 at once and Stripe
+# sends it again later. At a thousand events per second per worker, a full queue is some
+# sixty inserts of sixteen.
+QUEUE_LIMIT = 1_000
 
 _Waiting = tuple[Event, "asyncio.Future[inbox.Stored]"]
 
@@ -45,6 +51,7 @@ class LoopStore:
         self._threads = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="store")
         self._queue: list[_Waiting] = []
         self._in_flight = 0
+        self._closed = False
 
     async def receive(self, event: Event) -> inbox.Stored:
         """What inbox.receive says of `event`, stored together with the others queued.
@@ -53,6 +60,10 @@ class LoopStore:
         If the request goes away meanwhile, its event is still stored (a redelivery then
         finds it).
         """
+        if self._closed:
+            raise DatabaseUnavailable("this worker is shutting down")
+        if len(self._queue) >= QUEUE_LIMIT:
+            raise DatabaseUnavailable(f"{QUEUE_LIMIT} deliveries already wait to be stored")
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[inbox.Stored] = loop.create_future()
         self._queue.append((event, answer))
@@ -61,15 +72,23 @@ class LoopStore:
         return await answer
 
     def close(self) -> None:
-        """Let the inserts on their way finish; take no more."""
+        """Let the inserts on their way finish; take no more (what is still queued then
+        gets 503, and Stripe sends it again)."""
+        self._closed = True
         self._threads.shutdown(wait=True)
 
     def _launch(self, loop: asyncio.AbstractEventLoop) -> None:
         batch = self._queue[: self._max_rows]
         del self._queue[: self._max_rows]
-        self._in_flight += 1
         events = [event for event, _ in batch]
-        work = self._threads.submit(store_together, self._database, events)
+        try:
+            work = self._threads.submit(store_together, self._database, events)
+        except RuntimeError:  # closed meanwhile: the pool takes nothing more
+            batch.extend(self._queue)
+            self._queue.clear()
+            _answer(batch, [DatabaseUnavailable("this worker is shutting down")] * len(batch))
+            return
+        self._in_flight += 1
         work.add_done_callback(
             lambda done: loop.call_soon_threadsafe(self._landed, loop, batch, done)
         )
@@ -91,12 +110,18 @@ class LoopStore:
             answers = [*answers, *[outage] * len(self._queue)]
             batch = [*batch, *self._queue]
             self._queue.clear()
-        for (_, future), answer in zip(batch, answers, strict=True):
-            if future.done():  # the request was cancelled (its client went away)
-                continue
-            if isinstance(answer, BaseException):
-                future.set_exception(answer)
-            else:
-                future.set_result(answer)
+        _answer(batch, answers)
         if self._queue and self._in_flight < self._in_flight_limit:
             self._launch(loop)
+
+
+def _answer(batch: list[_Waiting], answers: Answers) -> None:
+    """Hand each waiting request its answer (or error), unless it was cancelled meanwhile
+    (its client went away)."""
+    for (_, future), answer in zip(batch, answers, strict=True):
+        if future.done():
+            continue
+        if isinstance(answer, BaseException):
+            future.set_exception(answer)
+        else:
+            future.set_result(answer)

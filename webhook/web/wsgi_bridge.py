@@ -1,10 +1,10 @@
 """A WSGI application called from an ASGI server: the Flask app behind the ASGI edge.
 
 The edge (asgi.py) answers POST /webhook on its event loop; every other request (the
-health and readiness checks, /metrics, errors such as 405 and 404, and a delivery the edge
-leaves to Flask) is handed to the Flask app here, on a thread of a pool, since Flask and
-what it calls block. Requests of these routes are small: the body is read whole before
-the call and the response is collected whole before it is sent.
+health and readiness checks, /metrics, errors such as 405 and 404) is handed to the Flask
+app here, on a thread of a pool, since Flask and what it calls block. Requests of these
+routes are small: the edge reads the body before the call (see AsgiEdge._to_flask), and
+the response is collected whole before it is sent.
 """
 
 import asyncio
@@ -19,18 +19,25 @@ Send = Callable[[dict[str, Any]], Any]
 
 
 async def call(
-    app: WSGIApp, scope: dict[str, Any], body: bytes, send: Send, threads: Executor
+    app: WSGIApp,
+    scope: dict[str, Any],
+    body: bytes,
+    content_length: int,
+    send: Send,
+    threads: Executor,
 ) -> None:
-    """Answer the HTTP request of `scope` (with its whole `body`) from `app`."""
-    environ = wsgi_environ(scope, body)
+    """Answer the HTTP request of `scope` from `app`, with `body` as its input and
+    `content_length` as the length it declares."""
+    environ = wsgi_environ(scope, body, content_length)
     loop = asyncio.get_running_loop()
     status, headers, content = await loop.run_in_executor(threads, _run, app, environ)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": content})
 
 
-def wsgi_environ(scope: dict[str, Any], body: bytes) -> dict[str, Any]:
-    """The WSGI environ (PEP 3333) of an ASGI HTTP scope."""
+def wsgi_environ(scope: dict[str, Any], body: bytes, content_length: int) -> dict[str, Any]:
+    """The WSGI environ (PEP 3333) of an ASGI HTTP scope whose body has been read: its
+    length is given, and a chunked transfer is over (the application reads no framing)."""
     server = scope.get("server") or ("localhost", 80)
     client = scope.get("client") or ("", 0)
     environ: dict[str, Any] = {
@@ -50,14 +57,17 @@ def wsgi_environ(scope: dict[str, Any], body: bytes) -> dict[str, Any]:
         "wsgi.multithread": True,
         "wsgi.multiprocess": True,
         "wsgi.run_once": False,
+        "wsgi.input_terminated": True,
     }
     for raw_name, raw_value in scope.get("headers", []):
         name = raw_name.decode("latin-1").upper().replace("-", "_")
+        if name in ("CONTENT_LENGTH", "TRANSFER_ENCODING"):
+            continue  # the body is read: its length is what counts
         value = raw_value.decode("latin-1")
-        key = name if name in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{name}"
+        key = "CONTENT_TYPE" if name == "CONTENT_TYPE" else f"HTTP_{name}"
         # Repeated headers are joined with commas, as WSGI servers do.
         environ[key] = f"{environ[key]},{value}" if key in environ else value
-    environ.setdefault("CONTENT_LENGTH", str(len(body)))
+    environ["CONTENT_LENGTH"] = str(content_length)
     return environ
 
 
@@ -71,8 +81,8 @@ def _run(app: WSGIApp, environ: dict[str, Any]) -> tuple[int, list[tuple[bytes, 
     started: list[tuple[str, list[tuple[str, str]]]] = []
 
     def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None):
-        if exc_info is not None and started:
-            raise exc_info[1].with_traceback(exc_info[2])
+        # Nothing is sent before the app returns, so a second call (with exc_info, as PEP
+        # 3333 allows for an error) simply replaces the status and headers.
         started[:] = [(status, headers)]
         return _no_write
 
