@@ -14,7 +14,7 @@ from asgi_client import AsgiClient
 from stripe_events import Delivery, sign
 from webhook_support import SECRET, build_app
 
-from webhook.web import delivery, gunicorn_config
+from webhook.web import asgi, delivery, gunicorn_config
 from webhook.web.app import DISCARD_LIMIT_BYTES
 from webhook.web.asgi import AsgiEdge
 from webhook.web.wsgi_bridge import wsgi_environ
@@ -202,6 +202,18 @@ def test_the_gunicorn_hook_puts_the_edge_in_front_of_the_flask_app(app) -> None:
     assert asyncio_worker.asgi.flask is app
     assert threaded_worker.wsgi is app  # gthread serves the Flask app itself
     asyncio_worker.asgi.close()
+
+
+def test_the_edge_is_also_an_app_factory_for_other_asgi_servers(db_url) -> None:
+    edge = asgi.create_app({"STRIPE_WEBHOOK_SECRET": SECRET, "DATABASE_URL": db_url,
+                            "WEB_DRAIN": "off", "WEB_THREADS": "3"})  # fmt: skip
+    client = AsgiClient(edge)
+    try:
+        assert client.get("/healthz").get_json() == {"status": "ok"}
+        assert edge.service.settings.web_threads == 3
+    finally:
+        client.close()
+        edge.service.close()
 
 
 def request_scope(method: str, path: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
