@@ -7,6 +7,7 @@ here so that a few dozen events already take the parallel path, and the shares m
 the user with two Stripe customers.
 """
 
+import gc
 import json
 import multiprocessing
 import os
@@ -300,3 +301,20 @@ def test_closing_a_parallel_replay_early_leaves_no_worker_behind(
         "select attempts from webhook_private.events where id = %s", (first.event_id,)
     ).fetchone()
     assert attempts == (1,)  # what was handed over had committed
+
+
+def test_a_share_process_keeps_what_it_inherited_out_of_its_collections(connect) -> None:
+    """The child freezes the parent's objects (see _share_process); the parent does not."""
+    inherited = [{"event": i} for i in range(10_000)]  # objects the collector tracks
+    frozen_in_parent = gc.get_freeze_count()
+
+    def report(conn: psycopg.Connection, share: list[str]):
+        yield [(gc.get_freeze_count(), len(inherited), len(share))]
+
+    assert replay_parallel.FORK is not None, "this suite runs on Linux"
+    [[(frozen_in_child, seen, share_size)]] = list(
+        replay_parallel.run_shares([["evt_1", "evt_2"]], connect, report)
+    )
+    assert (seen, share_size) == (10_000, 2)
+    assert frozen_in_child >= frozen_in_parent + len(inherited)
+    assert gc.get_freeze_count() == frozen_in_parent

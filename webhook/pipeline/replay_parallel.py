@@ -16,6 +16,7 @@ Events about no Stripe customer (prices, products, a checkout without a customer
 change what every other event does, so a replay that holds any of them is not split.
 """
 
+import gc
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -161,7 +162,13 @@ def _share_process(
 
     Leaves with os._exit: what the parent had open (its connections, a pool's atexit hook,
     an embedded server's) belongs to the parent, and must not be closed from here.
+
+    What the child inherited (the parent's list of a hundred thousand stored events among
+    it) is frozen first: the garbage collector's full collections, several per batch of
+    parsed payloads, would otherwise walk all of it again and again (measured: a quarter
+    of the share's CPU, and replay --failed at 4,700 rows/s instead of 5,400).
     """
+    gc.freeze()
     code = 0
 
     def send(kind: str, value: object) -> None:
