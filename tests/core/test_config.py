@@ -12,6 +12,7 @@ def test_defaults() -> None:
     assert settings.tolerance_seconds == 300
     assert settings.entitled_statuses == {"active", "trialing", "past_due"}
     assert settings.database_url is None
+    assert settings.store_timeout_ms == 5000
 
 
 def test_several_secrets_are_split_and_trimmed() -> None:
@@ -36,11 +37,17 @@ def test_a_missing_secret_names_the_variable(value: str | None) -> None:
         ("DB_LOCK_TIMEOUT_MS", "x"),
         ("ENTITLED_STATUSES", "active,bogus"),
         ("DB_PREPARED_STATEMENTS", "sometimes"),
+        ("WEB_STORE_TIMEOUT_MS", "0"),
     ],
 )
 def test_bad_values_name_their_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
         load_settings({"STRIPE_WEBHOOK_SECRET": "whsec_a", name: value})
+
+
+def test_the_store_timeout_is_read_in_milliseconds() -> None:
+    settings = load_settings({"STRIPE_WEBHOOK_SECRET": "whsec_a", "WEB_STORE_TIMEOUT_MS": "250"})
+    assert settings.store_timeout_ms == 250
 
 
 def test_pool_bounds_must_be_ordered() -> None:

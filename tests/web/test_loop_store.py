@@ -192,3 +192,52 @@ def test_a_full_queue_answers_503_at_once(db_url, database, monkeypatch):
     blocker.close()
     assert answers[:3] == [NEW] * 3  # the insert on its way, and two queued
     assert all(isinstance(a, DatabaseUnavailable) for a in answers[3:]), answers
+
+
+def test_an_insert_that_stalls_is_answered_503_in_time_and_loses_nothing(db_url, database, conn):
+    """A lock held longer than the store's time (a migration, say): the deliveries the
+    insert carries and those queued behind it get 503 after that time, and so does a
+    delivery that arrives before the insert comes back. The late insert still commits, so
+    Stripe's redelivery of that event finds it stored; the ones answered from the queue
+    were never stored and are stored when Stripe sends them again."""
+    store = LoopStore(database, max_rows=16, timeout_seconds=0.3)
+    first, queued, meanwhile, later = events(4)
+    blocker = held_up(db_url, first)
+
+    async def scenario() -> dict[str, object]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        tasks = [asyncio.create_task(store.receive(first))]
+        await asyncio.sleep(0.02)
+        tasks.append(asyncio.create_task(store.receive(queued)))
+        stalled = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5)
+        waited = loop.time() - started
+        [refused] = await asyncio.gather(store.receive(meanwhile), return_exceptions=True)
+        blocker.rollback()  # the lock is released: the insert on its way commits
+        for _ in range(200):
+            if not store._overdue:
+                break
+            await asyncio.sleep(0.02)
+        return {
+            "stalled": stalled,
+            "waited": waited,
+            "refused": refused,
+            "later": await store.receive(later),
+            "redelivered": await store.receive(first),
+            "queued again": await store.receive(queued),
+        }
+
+    try:
+        seen = asyncio.run(scenario())
+    finally:
+        blocker.close()  # first: closing the store waits for the insert on its way
+        store.close()
+
+    assert all(isinstance(a, DatabaseUnavailable) for a in seen["stalled"]), seen["stalled"]
+    assert "0.3 s" in str(seen["stalled"][0])
+    assert 0.3 <= seen["waited"] < 2
+    assert isinstance(seen["refused"], DatabaseUnavailable)
+    assert seen["later"] == seen["queued again"] == NEW
+    assert seen["redelivered"] == inbox.Stored(status="received")  # stored once, found
+    deliveries = dict(conn.execute("select id, deliveries from webhook_private.events").fetchall())
+    assert deliveries == {first.id: 2, queued.id: 1, later.id: 1}

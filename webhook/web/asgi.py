@@ -55,7 +55,11 @@ class AsgiEdge:
         self.extensions = app.extensions
         self.service: Service = app.extensions["webhook"]
         settings = self.service.settings
-        self.store = LoopStore(self.service.database, settings.store_group_size)
+        self.store = LoopStore(
+            self.service.database,
+            settings.store_group_size,
+            timeout_seconds=settings.store_timeout_ms / 1000,
+        )
         self._threads = ThreadPoolExecutor(settings.web_threads, thread_name_prefix="web")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

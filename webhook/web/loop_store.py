@@ -15,10 +15,18 @@ thread pool hands each insert's answers back to the loop.
 The answers are those of grouped_store.store_together: each event's own; when the database
 is unavailable, the deliveries queued meanwhile get the same 503 at once rather than each
 waiting for a connection again; a data error in a grouped insert lands on its own event.
+
+A database that stalls rather than fails (a migration holding the inbox's lock, a
+saturated disk) gets the same answer after `timeout_seconds`: the deliveries the insert
+carries and those queued behind it get 503, and so does every delivery that arrives until
+the insert comes back. Stripe sends them again later; if the late insert does commit, the
+redelivery finds its event stored and is answered as a duplicate, so nothing is lost or
+stored twice.
 """
 
 import asyncio
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 from webhook.core.errors import DatabaseUnavailable
 from webhook.database.pool import Database
@@ -39,18 +47,33 @@ QUEUE_LIMIT = 1_000
 _Waiting = tuple[Event, "asyncio.Future[inbox.Stored]"]
 
 
+@dataclass(eq=False)
+class _Insert:
+    """One insert on its way: the deliveries it carries, and whether it came back."""
+
+    batch: list[_Waiting]
+    landed: bool = False
+    timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+
 class LoopStore:
     """The inbox as the requests of one event loop store into it."""
 
     def __init__(
-        self, database: Database, max_rows: int, in_flight: int = INSERTS_IN_FLIGHT
+        self,
+        database: Database,
+        max_rows: int,
+        in_flight: int = INSERTS_IN_FLIGHT,
+        timeout_seconds: float = 5.0,
     ) -> None:
         self._database = database
         self._max_rows = max_rows
         self._in_flight_limit = in_flight
+        self._timeout_seconds = timeout_seconds
         self._threads = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="store")
         self._queue: list[_Waiting] = []
         self._in_flight = 0
+        self._overdue: set[_Insert] = set()  # past their time and not back yet
         self._closed = False
 
     async def receive(self, event: Event) -> inbox.Stored:
@@ -62,6 +85,8 @@ class LoopStore:
         """
         if self._closed:
             raise DatabaseUnavailable("this worker is shutting down")
+        if self._overdue:
+            raise self._stalled()
         if len(self._queue) >= QUEUE_LIMIT:
             raise DatabaseUnavailable(f"{QUEUE_LIMIT} deliveries already wait to be stored")
         loop = asyncio.get_running_loop()
@@ -89,18 +114,40 @@ class LoopStore:
             _answer(batch, [DatabaseUnavailable("this worker is shutting down")] * len(batch))
             return
         self._in_flight += 1
+        insert = _Insert(batch)
+        insert.timer = loop.call_later(self._timeout_seconds, self._past_its_time, insert)
         work.add_done_callback(
-            lambda done: loop.call_soon_threadsafe(self._landed, loop, batch, done)
+            lambda done: loop.call_soon_threadsafe(self._landed, loop, insert, done)
         )
+
+    def _stalled(self) -> DatabaseUnavailable:
+        return DatabaseUnavailable(
+            f"the database has not stored a delivery for {self._timeout_seconds:g} s"
+        )
+
+    def _past_its_time(self, insert: _Insert) -> None:
+        """On the loop: the insert has not come back in time; answer its deliveries and
+        everything queued 503 now (the insert itself carries on and may still commit)."""
+        if insert.landed:
+            return
+        self._overdue.add(insert)
+        stranded = [*insert.batch, *self._queue]
+        self._queue.clear()
+        _answer(stranded, [self._stalled()] * len(stranded))
 
     def _landed(
         self,
         loop: asyncio.AbstractEventLoop,
-        batch: list[_Waiting],
+        insert: _Insert,
         done: "Future[tuple[Answers, DatabaseUnavailable | None]]",
     ) -> None:
         """On the loop: answer the batch, then start the next insert if any is queued."""
         self._in_flight -= 1
+        insert.landed = True
+        if insert.timer is not None:
+            insert.timer.cancel()
+        self._overdue.discard(insert)
+        batch = insert.batch
         try:
             answers, outage = done.result()
         except BaseException as exc:  # store_together answers for itself; this is a bug
