@@ -38,6 +38,7 @@ def test_a_missing_secret_names_the_variable(value: str | None) -> None:
         ("ENTITLED_STATUSES", "active,bogus"),
         ("DB_PREPARED_STATEMENTS", "sometimes"),
         ("WEB_STORE_TIMEOUT_MS", "0"),
+        ("WEB_STORE_TIMEOUT_MS", "99"),
     ],
 )
 def test_bad_values_name_their_variable(name: str, value: str) -> None:

@@ -305,7 +305,8 @@ def test_closing_a_parallel_replay_early_leaves_no_worker_behind(
 
 def test_a_share_process_keeps_what_it_inherited_out_of_its_collections(connect) -> None:
     """The child freezes the parent's objects (see _share_process); the parent does not."""
-    inherited = [{"event": i} for i in range(10_000)]  # objects the collector tracks
+    inherited = [{"event": [i]} for i in range(10_000)]  # dicts holding lists: tracked
+    assert gc.is_tracked(inherited[0])
     frozen_in_parent = gc.get_freeze_count()
 
     def report(conn: psycopg.Connection, share: list[str]):

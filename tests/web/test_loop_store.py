@@ -241,3 +241,39 @@ def test_an_insert_that_stalls_is_answered_503_in_time_and_loses_nothing(db_url,
     assert seen["redelivered"] == inbox.Stored(status="received")  # stored once, found
     deliveries = dict(conn.execute("select id, deliveries from webhook_private.events").fetchall())
     assert deliveries == {first.id: 2, queued.id: 1, later.id: 1}
+
+
+def test_a_delivery_queued_behind_a_slow_insert_gets_its_answer_within_its_own_time(
+    db_url, database, conn
+):
+    """The time counts from each delivery's arrival, not from its insert's start: one that
+    waited in the queue behind a slow (but not stalled) insert does not get a full new
+    timeout for its own insert."""
+    timeout = 0.6
+    store = LoopStore(database, max_rows=16, timeout_seconds=timeout)
+    first, queued = events(2)
+    slow, stalled = held_up(db_url, first), held_up(db_url, queued)
+    release_later(slow, 0.45)  # the first insert lands in time; the second is held to the end
+
+    async def scenario() -> tuple[list[object], float]:
+        loop = asyncio.get_running_loop()
+        tasks = [asyncio.create_task(store.receive(first))]
+        await asyncio.sleep(0.02)
+        arrived = loop.time()
+        tasks.append(asyncio.create_task(store.receive(queued)))
+        await asyncio.wait_for(asyncio.wait([tasks[1]]), 5)
+        waited = loop.time() - arrived
+        return await asyncio.gather(*tasks, return_exceptions=True), waited
+
+    try:
+        answers, waited = asyncio.run(scenario())
+    finally:
+        slow.close()
+        stalled.close()
+        store.close()
+
+    assert answers[0] == NEW
+    assert isinstance(answers[1], DatabaseUnavailable)
+    assert timeout - 0.05 <= waited < timeout + 0.3  # not 0.45 s in the queue + 0.6 s
+    stored = {row[0] for row in conn.execute("select id from webhook_private.events")}
+    assert stored == {first.id, queued.id}  # the late insert committed: a redelivery finds it

@@ -56,7 +56,8 @@ class Settings:
     drain_batch_size: int = 200
     # The most concurrent deliveries one web process stores with a single insert (1: each alone).
     store_group_size: int = 16
-    # How long a delivery waits for its insert under the ASGI edge before it gets 503.
+    # How long a delivery may wait for its insert under the ASGI edge before it gets 503;
+    # at least 100 ms, or a healthy database's inserts would come back too late.
     store_timeout_ms: int = 5000
     # Threads per web process for what blocks: Flask's routes and inline applies under the
     # ASGI edge, every request under gunicorn's threaded worker.
@@ -110,7 +111,7 @@ def load_settings(
         web_drain=_choice(env, "WEB_DRAIN", ("on", "off")) == "on",
         drain_batch_size=_int(env, "DRAIN_BATCH_SIZE", 200, minimum=1),
         store_group_size=_int(env, "WEB_STORE_GROUP", 16, minimum=1),
-        store_timeout_ms=_int(env, "WEB_STORE_TIMEOUT_MS", 5000, minimum=1),
+        store_timeout_ms=_int(env, "WEB_STORE_TIMEOUT_MS", 5000, minimum=100),
         web_threads=_int(env, "WEB_THREADS", 8, minimum=1),
     )
 

@@ -17,14 +17,17 @@ is unavailable, the deliveries queued meanwhile get the same 503 at once rather 
 waiting for a connection again; a data error in a grouped insert lands on its own event.
 
 A database that stalls rather than fails (a migration holding the inbox's lock, a
-saturated disk) gets the same answer after `timeout_seconds`: the deliveries the insert
-carries and those queued behind it get 503, and so does every delivery that arrives until
-the insert comes back. Stripe sends them again later; if the late insert does commit, the
+saturated disk) gets the same answer within `timeout_seconds` of a delivery's arrival: an
+insert is due back by then for the oldest delivery it carries (which may have waited in
+the queue behind the one before); past that, its deliveries and those queued behind it get
+503, and so does every delivery that arrives until the insert comes back. Stripe sends them again later; if the late insert does commit, the
 redelivery finds its event stored and is answered as a duplicate, so nothing is lost or
 stored twice.
 """
 
 import asyncio
+import contextlib
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -44,7 +47,8 @@ INSERTS_IN_FLIGHT = 1
 # sixty inserts of sixteen.
 QUEUE_LIMIT = 1_000
 
-_Waiting = tuple[Event, "asyncio.Future[inbox.Stored]"]
+# A delivery waiting to be stored: the event, its request's answer, when it arrived (loop time).
+_Waiting = tuple[Event, "asyncio.Future[inbox.Stored]", float]
 
 
 @dataclass(eq=False)
@@ -91,7 +95,7 @@ class LoopStore:
             raise DatabaseUnavailable(f"{QUEUE_LIMIT} deliveries already wait to be stored")
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[inbox.Stored] = loop.create_future()
-        self._queue.append((event, answer))
+        self._queue.append((event, answer, loop.time()))
         if self._in_flight < self._in_flight_limit:
             self._launch(loop)
         return await answer
@@ -105,7 +109,7 @@ class LoopStore:
     def _launch(self, loop: asyncio.AbstractEventLoop) -> None:
         batch = self._queue[: self._max_rows]
         del self._queue[: self._max_rows]
-        events = [event for event, _ in batch]
+        events = [event for event, _, _ in batch]
         try:
             work = self._threads.submit(store_together, self._database, events)
         except RuntimeError:  # closed meanwhile: the pool takes nothing more
@@ -115,10 +119,9 @@ class LoopStore:
             return
         self._in_flight += 1
         insert = _Insert(batch)
-        insert.timer = loop.call_later(self._timeout_seconds, self._past_its_time, insert)
-        work.add_done_callback(
-            lambda done: loop.call_soon_threadsafe(self._landed, loop, insert, done)
-        )
+        oldest = min(arrived for _, _, arrived in batch)
+        insert.timer = loop.call_at(oldest + self._timeout_seconds, self._past_its_time, insert)
+        work.add_done_callback(lambda done: _call_on(loop, self._landed, loop, insert, done))
 
     def _stalled(self) -> DatabaseUnavailable:
         return DatabaseUnavailable(
@@ -165,10 +168,17 @@ class LoopStore:
 def _answer(batch: list[_Waiting], answers: Answers) -> None:
     """Hand each waiting request its answer (or error), unless it was cancelled meanwhile
     (its client went away)."""
-    for (_, future), answer in zip(batch, answers, strict=True):
+    for (_, future, _), answer in zip(batch, answers, strict=True):
         if future.done():
             continue
         if isinstance(answer, BaseException):
             future.set_exception(answer)
         else:
             future.set_result(answer)
+
+
+def _call_on(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: object) -> None:
+    """Hand an insert's result to the loop, unless the loop is gone (its server stopped
+    after answering the insert's deliveries 503 on time): then nobody waits for it."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(callback, *args)
