@@ -20,9 +20,9 @@ A database that stalls rather than fails (a migration holding the inbox's lock, 
 saturated disk) gets the same answer within `timeout_seconds` of a delivery's arrival: an
 insert is due back by then for the oldest delivery it carries (which may have waited in
 the queue behind the one before); past that, its deliveries and those queued behind it get
-503, and so does every delivery that arrives until the insert comes back. Stripe sends them again later; if the late insert does commit, the
-redelivery finds its event stored and is answered as a duplicate, so nothing is lost or
-stored twice.
+503, and so does every delivery that arrives until the insert comes back. Stripe sends
+them again later; if the late insert does commit, the redelivery finds its event stored
+and is answered as a duplicate, so nothing is lost or stored twice.
 """
 
 import asyncio
