@@ -93,7 +93,7 @@ class AsgiEdge:
         try:
             body, more = await _read_body(receive, flask_app.MAX_BODY_BYTES)
         except _BodyMissing:
-            await _send_answer(send, delivery.error(400, "the request body did not arrive"))
+            await _send_answer(send, _body_missing())
             return
         if more:
             await _send_answer(send, _too_large())
@@ -116,7 +116,7 @@ class AsgiEdge:
             try:
                 body, more = await _read_body(receive, flask_app.MAX_BODY_BYTES)
             except _BodyMissing:
-                await _send_answer(send, delivery.error(400, "the request body did not arrive"))
+                await _send_answer(send, _body_missing())
                 return
             if more:
                 declared = max(declared or 0, flask_app.MAX_BODY_BYTES + 1)
@@ -161,6 +161,10 @@ class AsgiEdge:
 
 def _too_large() -> delivery.Answer:
     return delivery.error(413, f"body larger than {flask_app.MAX_BODY_BYTES} bytes")
+
+
+def _body_missing() -> delivery.Answer:
+    return delivery.error(400, "the request body did not arrive")
 
 
 async def _read_body(receive: Receive, limit: int) -> tuple[bytes, bool]:

@@ -53,10 +53,10 @@ _Waiting = tuple[Event, "asyncio.Future[inbox.Stored]", float]
 
 @dataclass(eq=False)
 class _Insert:
-    """One insert on its way: the deliveries it carries, and whether it came back."""
+    """One insert on its way: the deliveries it carries, and when they are due (the timer
+    is cancelled when the insert comes back, so it fires only for an insert still out)."""
 
     batch: list[_Waiting]
-    landed: bool = False
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
 
@@ -131,8 +131,6 @@ class LoopStore:
     def _past_its_time(self, insert: _Insert) -> None:
         """On the loop: the insert has not come back in time; answer its deliveries and
         everything queued 503 now (the insert itself carries on and may still commit)."""
-        if insert.landed:
-            return
         self._overdue.add(insert)
         stranded = [*insert.batch, *self._queue]
         self._queue.clear()
@@ -146,7 +144,6 @@ class LoopStore:
     ) -> None:
         """On the loop: answer the batch, then start the next insert if any is queued."""
         self._in_flight -= 1
-        insert.landed = True
         if insert.timer is not None:
             insert.timer.cancel()
         self._overdue.discard(insert)
