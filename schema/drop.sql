@@ -3,7 +3,8 @@
 -- the roles alone (on a plain PostgreSQL auth.users holds your users; roles are shared by
 -- every database of the server).
 -- webhook_private goes first: its tables hold foreign keys to public.customer, and its
--- touch_updated_at() is what the updated_at triggers of plans and customer call.
+-- functions are what every trigger of the project calls (the triggers on auth.users go
+-- with them).
 drop schema if exists webhook_private cascade;
 drop view if exists public.customer_plan_history;
 drop view if exists public.usage_analytics;
@@ -14,6 +15,7 @@ drop schema if exists webhook_definer cascade;
 drop table if exists public.audit_logs;
 drop table if exists public.customer;
 drop table if exists public.plans;
+-- Where the trigger functions were before 014.
 drop function if exists public.log_customer_changes();
 drop function if exists public.handle_customer_plan_update();
 drop function if exists public.handle_user_update();

@@ -14,10 +14,10 @@ PROJECT_OBJECTS = """
            to_regclass('public.audit_logs'), to_regclass('public.usage_analytics'),
            to_regclass('public.customer_plan_history'),
            to_regprocedure('public.consume_resources(uuid, text, integer)'),
-           to_regprocedure('public.handle_new_user()'),
-           to_regprocedure('public.handle_user_update()'),
-           to_regprocedure('public.handle_customer_plan_update()'),
-           to_regprocedure('public.log_customer_changes()'),
+           to_regprocedure('webhook_private.handle_new_user()'),
+           to_regprocedure('webhook_private.handle_user_update()'),
+           to_regprocedure('webhook_private.handle_customer_plan_update()'),
+           to_regprocedure('webhook_private.log_customer_changes()'),
            to_regnamespace('webhook_private')
 """
 

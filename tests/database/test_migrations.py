@@ -464,3 +464,36 @@ def test_007_requests_the_links_the_application_wrote_before_it(empty_db_url, sc
             "select stripe_customer_id, customer_uuid from webhook_private.customer_links"
         ).fetchall()
         assert linked == [("cus_early", user)]
+
+
+def test_014_moves_the_trigger_functions_and_the_triggers_keep_firing(
+    empty_db_url, schema_copy
+) -> None:
+    later_than(schema_copy, "013")
+    before, after = uuid.uuid4(), uuid.uuid4()
+    with psycopg.connect(empty_db_url, autocommit=True) as db:
+        migrations.migrate(db, schema_copy)
+        db.execute("insert into auth.users (id, email) values (%s, 'a@example.test')", (before,))
+        migrations.migrate(db)
+        homes = db.execute(
+            "select p.proname, p.pronamespace::regnamespace::text from pg_proc p"
+            " where p.proname in ('handle_new_user', 'handle_user_update',"
+            " 'log_customer_changes', 'handle_customer_plan_update') order by 1"
+        ).fetchall()
+        assert {schema for _, schema in homes} == {"webhook_private"} and len(homes) == 4
+        # Each trigger still fires: a sign-up, a changed e-mail, a plan change and its audit row.
+        db.execute("insert into auth.users (id, email) values (%s, 'b@example.test')", (after,))
+        db.execute("update auth.users set email = 'a2@example.test' where id = %s", (before,))
+        db.execute(
+            "insert into public.plans (name, price, resources) values ('Pro', 19, '{\"n\": 5}')"
+        )
+        db.execute(
+            "update public.customer set plan_id = (select id from public.plans) where uuid = %s",
+            (before,),
+        )
+        customers = db.execute(
+            "select uuid, email, remaining_resources from public.customer order by email"
+        ).fetchall()
+        assert customers == [(before, "a2@example.test", {"n": 5}), (after, "b@example.test", None)]
+        audit = db.execute("select customer_uuid, action from public.audit_logs").fetchall()
+        assert audit == [(before, "plan_change")]

@@ -53,9 +53,9 @@ def test_security_definer_functions_have_empty_search_path(catalog_db) -> None:
         if secdef
     }
     assert set(definer) >= {
-        "handle_new_user()",
-        "handle_user_update()",
-        "log_customer_changes()",
+        "webhook_private.handle_new_user()",
+        "webhook_private.handle_user_update()",
+        "webhook_private.log_customer_changes()",
         "webhook_definer.consume_resources(uuid,text,integer)",
         "webhook_private.request_application_link()",
     }
@@ -145,7 +145,17 @@ def test_the_definer_schema_holds_nothing_else(catalog_db) -> None:
 def test_authenticated_cannot_call_trigger_functions_directly(as_role, conn, make_user) -> None:
     user_id = make_user()
     with as_role("authenticated", user_id), pytest.raises(InsufficientPrivilege):
-        conn.execute("select public.handle_new_user()")
+        conn.execute("select webhook_private.handle_new_user()")
+
+
+def test_no_definer_function_in_the_schema_the_api_exposes(catalog_db) -> None:
+    # Public holds what the API is meant to reach; the one function there is the invoker
+    # wrapper. Trigger functions, definer or not, live in webhook_private (014).
+    in_public = catalog_db.execute(
+        "select p.oid::regprocedure::text, p.prosecdef from pg_proc p"
+        " where p.pronamespace = 'public'::regnamespace"
+    ).fetchall()
+    assert in_public == [("consume_resources(uuid,text,integer)", False)]
 
 
 def test_consuming_own_resources_writes_audit_row_through_rls(
