@@ -4,6 +4,7 @@ Each test names the flaw of the source designs (shared/seeds/design-*.md) it gua
 against where there is one; on those designs the test fails.
 """
 
+import json
 import uuid
 
 import psycopg
@@ -440,6 +441,82 @@ def test_audit_source_comes_from_the_transaction_setting(conn, make_user, plans)
         ("resource_update", "stripe:evt_123"),
         ("resource_update", None),
     ]
+
+
+BATCH_STEPS = [
+    # (what every customer's row gets, in one statement); the audit rows must be those of
+    # the same change made row by row.
+    "plan_id = {basic}",  # plan_change from none
+    "plan_id = {pro}",  # plan_change
+    "remaining_resources = jsonb_set(remaining_resources, '{{api_calls}}', '7')",  # update
+    "remaining_resources = plan_resources",  # reset
+    "remaining_resources = plan_resources",  # nothing changed, nothing logged
+    "email = 'same@example.test'",  # not a logged column
+    "plan_id = null",  # plan_change to none
+]
+
+
+def _audit_by_customer(conn: psycopg.Connection, users: list[uuid.UUID]) -> list[list[tuple]]:
+    return [
+        [(a["action"], a["old_value"], a["new_value"]) for a in audit_rows(conn, user)]
+        for user in users
+    ]
+
+
+def test_a_batch_statement_with_sources_logs_what_row_by_row_logs(conn, make_user, plans) -> None:
+    one_by_one = [make_user() for _ in range(3)]
+    batched = [make_user() for _ in range(3)]
+    for step, assignment in enumerate(BATCH_STEPS):
+        sql = f"update public.customer set {assignment.format(basic=plans['Basic'], pro=plans['Pro'])}"
+        for user in one_by_one:
+            conn.execute(f"{sql} where uuid = %s", (user,))
+        sources = {str(user): f"stripe:evt_{step}_{n}" for n, user in enumerate(batched[:2])}
+        with conn.transaction():
+            conn.execute("select set_config('webhook.source', 'stripe:fallback', true)")
+            conn.execute("select set_config('webhook.sources', %s, true)", (json.dumps(sources),))
+            conn.execute(f"{sql} where uuid = any(%s)", (batched,))
+    assert _audit_by_customer(conn, batched) == _audit_by_customer(conn, one_by_one)
+    assert len(audit_rows(conn, batched[0])) == 5
+    # Each row is named from the map; a customer missing from it gets webhook.source.
+    named = [[a["source"] for a in audit_rows(conn, user)] for user in batched]
+    logged_steps = [0, 1, 2, 3, 6]
+    assert named == [
+        [f"stripe:evt_{step}_0" for step in logged_steps],
+        [f"stripe:evt_{step}_1" for step in logged_steps],
+        ["stripe:fallback"] * 5,
+    ]
+
+
+def test_with_sources_set_an_insert_is_still_logged_once(conn, make_user, plans) -> None:
+    user_id = make_user()
+    conn.execute("delete from public.customer where uuid = %s", (user_id,))
+    with conn.transaction():
+        conn.execute("select set_config('webhook.sources', %s, true)", (f'{{"{user_id}": "x"}}',))
+        conn.execute(
+            "insert into public.customer (uuid, plan_id) values (%s, %s)",
+            (user_id, plans["Basic"]),
+        )
+    assert [a["action"] for a in audit_rows(conn, user_id)] == ["plan_change"]
+
+
+def test_with_sources_set_a_single_row_update_is_logged_once(conn, make_user, plans) -> None:
+    user_id = make_user()
+    set_plan(conn, user_id, plans["Basic"])
+    with conn.transaction():
+        conn.execute("select set_config('webhook.sources', %s, true)", (f'{{"{user_id}": "s"}}',))
+        conn.execute("select public.consume_resources(%s, 'api_calls', 1)", (user_id,))
+    logged = [(a["action"], a["source"]) for a in audit_rows(conn, user_id)]
+    assert logged == [("plan_change", None), ("resource_update", "s")]
+
+
+@pytest.mark.parametrize("value", ["[1, 2]", "not json"])
+def test_sources_that_are_no_json_object_refuse_the_update(conn, make_user, plans, value) -> None:
+    user_id = make_user()
+    with pytest.raises(psycopg.Error), conn.transaction():
+        conn.execute("select set_config('webhook.sources', %s, true)", (value,))
+        set_plan(conn, user_id, plans["Basic"])
+    assert customer(conn, user_id)["plan_id"] is None
+    assert audit_rows(conn, user_id) == []
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,28 +1,32 @@
-"""Naming the audit rows a batch statement made after the events that caused them.
+"""Naming the audit rows of a batch statement after the events that caused them.
 
-The audit trigger (schema/001_core.sql) takes one source per statement, from the
-transaction's `webhook.source`. A batch engine changes many customers in one statement
-with the source left empty, and names each customer's new rows afterwards.
+The audit trigger (schema/001_core.sql) names its rows after `webhook.source`, one value
+per transaction, while a batch engine changes many customers in one statement, each for
+an event of its own. For such a statement the engine sets `webhook.sources`, a map from
+customer to source: the statement-level trigger of migration 015 then writes all the
+statement's audit rows in one insert, each named from the map.
 """
 
 import json
 import uuid
+from collections.abc import Sequence
+from typing import Any
 
 import psycopg
 
 
-def name_audit_rows(conn: psycopg.Connection, action: str, events: dict[uuid.UUID, str]) -> None:
-    """Name each customer's `action` audit rows written so far by this transaction without a
-    source (one batch statement wrote them) after the event that caused them."""
-    conn.execute(
-        """
-        update public.audit_logs a set source = %s::jsonb ->> a.customer_uuid::text
-         where a.customer_uuid = any(%s::uuid[])
-           and a.created_at = now() and a.action = %s and a.source is null
-        """,
-        (
-            json.dumps({str(owner): f"stripe:{event_id}" for owner, event_id in events.items()}),
-            list(events),
-            action,
-        ),
-    )
+def update_naming_audit_rows(
+    conn: psycopg.Connection, sql: str, params: Sequence[Any], events: dict[uuid.UUID, str]
+) -> None:
+    """Run the update `sql`; the audit rows it makes name, for each customer, the event in
+    `events` (as `stripe:<event id>`).
+
+    The map is set for this one statement and emptied afterwards, so that whatever the
+    transaction writes next is logged row by row again. If the update fails the map stays,
+    but so does the failure: the transaction (or its savepoint) must be rolled back, and the
+    setting with it.
+    """
+    sources = {str(owner): f"stripe:{event_id}" for owner, event_id in events.items()}
+    conn.execute("select set_config('webhook.sources', %s, true)", (json.dumps(sources),))
+    conn.execute(sql, params)
+    conn.execute("select set_config('webhook.sources', '', true)")

@@ -221,17 +221,10 @@ def _apply_batch(
 
 
 def _apply_renewals(conn: psycopg.Connection, renewals: list[Renewal]) -> list[ReplayResult]:
-    """The paid invoices through renewal_batch, in a savepoint; [] if it refuses.
-
-    The handlers before it left the last one's `webhook.source` set for the rest of the
-    transaction; it is emptied first, so that renewal_batch names its own audit rows.
-    """
-
-    def apply() -> list[ReplayResult]:
-        conn.execute("select set_config('webhook.source', '', true)")
-        return renewal_batch.apply_renewals(conn, renewals)
-
-    return _in_savepoint(conn, "renewal batch", len(renewals), apply)
+    """The paid invoices through renewal_batch, in a savepoint; [] if it refuses."""
+    return _in_savepoint(
+        conn, "renewal batch", len(renewals), lambda: renewal_batch.apply_renewals(conn, renewals)
+    )
 
 
 def _in_savepoint(

@@ -14,7 +14,7 @@ way they are decided in memory, in the order given, and written in four statemen
   customer's last reset; a claimed reset puts the customer's resources back to the plan's.
 
 Each claimed reset names its event; the customer's `resource_reset` audit row names the
-first event that changed the balance (for one event, the trigger has named it already).
+first event that changed the balance.
 tests/pipeline/test_renewal_batch.py checks that a batch ends where its events one at a
 time end, and tests/pipeline/test_webhook_events.py the rule itself.
 """
@@ -26,7 +26,7 @@ from datetime import datetime
 
 import psycopg
 
-from webhook.pipeline.audit_rows import name_audit_rows
+from webhook.pipeline.audit_rows import update_naming_audit_rows
 from webhook.pipeline.handlers.base import Outcome
 from webhook.pipeline.replay_result import ReplayResult
 from webhook.stripe.payloads import (
@@ -81,8 +81,8 @@ def renewal_for(event: Event) -> Renewal | None:
 def apply_renewals(conn: psycopg.Connection, renewals: Sequence[Renewal]) -> list[ReplayResult]:
     """Decide and write `renewals`, in the caller's transaction, in the order given.
 
-    The outcomes are the caller's to record. `webhook.source` must be empty in the
-    transaction: the audit rows the resets write are named afterwards, per customer.
+    The outcomes are the caller's to record. The audit rows the resets write name the
+    first event of each customer (audit_rows).
     """
     cycles = [r for r in renewals if r.stripe_customer is not None]
     owners = _owners(conn, sorted({r.stripe_customer for r in cycles if r.stripe_customer}))
@@ -175,12 +175,13 @@ def _write(conn: psycopg.Connection, claimed: list[tuple[Renewal, uuid.UUID]]) -
         "select 1 from public.customer where uuid = any(%s) order by uuid for update",
         (customers,),
     )
-    conn.execute(
+    update_naming_audit_rows(
+        conn,
         """
         update public.customer set remaining_resources = plan_resources
          where uuid = any(%s) and plan_id is not null
            and remaining_resources is distinct from plan_resources
         """,
         (customers,),
+        first_event,
     )
-    name_audit_rows(conn, "resource_reset", first_event)

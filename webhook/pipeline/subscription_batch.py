@@ -34,7 +34,7 @@ from typing import Any
 
 import psycopg
 
-from webhook.pipeline.audit_rows import name_audit_rows
+from webhook.pipeline.audit_rows import update_naming_audit_rows
 from webhook.pipeline.handlers.base import Outcome, unknown_prices_message
 from webhook.pipeline.handlers.subscriptions import readable_state
 from webhook.pipeline.processor import ProcessingRules
@@ -196,9 +196,7 @@ def apply_candidates(
 ) -> list[ReplayResult]:
     """Decide and write the longest prefix of `candidates` this path covers, in the
     caller's transaction; their outcomes are the caller's to record (record_outcomes).
-
-    `webhook.source` must be empty in the transaction: the audit rows the plan writes make
-    are named afterwards, per event.
+    The audit rows the plan writes make name their events (audit_rows).
     """
     snapshot = _read(conn, candidates)
     results = _decide(candidates, snapshot, rules)
@@ -410,24 +408,20 @@ def _write(conn: psycopg.Connection, snapshot: _Snapshot) -> None:
 
 
 def _write_plans(conn: psycopg.Connection, writes: list[tuple[uuid.UUID, int | None, str]]) -> None:
-    """Set the plans (the triggers reset resources and write audit rows), then name the events.
+    """Set the plans; the triggers reset resources and write audit rows, each naming its event.
 
-    The audit trigger reads one source per statement (webhook.source, empty in a batch), so
-    the rows this statement wrote are found afterwards, still without a source, and named.
-    Each row's source is looked up in one JSON object keyed by customer rather than joined
-    to a list: the planner expects one audit row from `created_at = now()` and would join
-    a thousand rows to a thousand by nested loop (a million comparisons per batch). The
-    `= any` beside a join to unnest lets the planner see which rows an update touches and
-    use the index, instead of hashing the whole table on every batch.
+    The `= any` beside a join to unnest lets the planner see which rows an update touches
+    and use the index, instead of hashing the whole table on every batch.
     """
     customers = [owner for owner, _, _ in writes]
-    conn.execute(
+    update_naming_audit_rows(
+        conn,
         "update public.customer c set plan_id = v.plan_id"
         " from unnest(%s::uuid[], %s::bigint[]) as v(uuid, plan_id)"
         " where c.uuid = v.uuid and c.uuid = any(%s::uuid[])",
         (customers, [plan for _, plan, _ in writes], customers),
+        {owner: event_id for owner, _, event_id in writes},
     )
-    name_audit_rows(conn, "plan_change", {owner: event_id for owner, _, event_id in writes})
 
 
 _RECORD_OUTCOMES = """
