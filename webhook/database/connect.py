@@ -9,10 +9,28 @@ import re
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from webhook.core.errors import DatabaseUnavailable
 
 CONNECT_TIMEOUT_SECONDS = 5
+
+# Noticing a database host that went away without closing its connections (a failover to
+# another machine, a network partition). libpq leaves that to the system, which waits two
+# hours before its first keepalive probe: meanwhile a query whose answer never comes holds
+# its connection, and its worker answers 503 or its drain waits, for all that time. With
+# these, a connection that hears nothing for 10 s is probed every 5 s and given up after
+# three unanswered probes, and one whose sent data stays unacknowledged for 30 s is given
+# up too; the query fails, the pool drops the connection, and the next one goes to
+# whatever answers at the database's address now. A URL that sets any of them keeps its
+# own value. libpq ignores them for Unix-domain sockets.
+DEAD_PEER_OPTIONS = {
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "30000",
+}
 
 
 def resolve_database_url(explicit: str | None = None) -> str:
@@ -39,10 +57,25 @@ def mask_url(url: str) -> str:
     return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", url)
 
 
+def dead_peer_options(url: str) -> dict[str, str]:
+    """DEAD_PEER_OPTIONS that `url` does not set itself (none for a URL libpq cannot read:
+    connecting then fails with libpq's own message, as it would without them)."""
+    try:
+        given = conninfo_to_dict(url)
+    except psycopg.Error:
+        return {}
+    return {key: value for key, value in DEAD_PEER_OPTIONS.items() if key not in given}
+
+
 def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection:
     """Open one connection, turning any failure into a one-line DatabaseUnavailable."""
     try:
-        return psycopg.connect(url, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT_SECONDS)
+        return psycopg.connect(
+            url,
+            autocommit=autocommit,
+            connect_timeout=CONNECT_TIMEOUT_SECONDS,
+            **dead_peer_options(url),
+        )
     except psycopg.Error as exc:
         raise DatabaseUnavailable(
             f"cannot reach the database at {mask_url(url)}: {first_line(exc)}"

@@ -17,7 +17,7 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from webhook.core.errors import DatabaseUnavailable
-from webhook.database.connect import first_line, mask_url
+from webhook.database.connect import dead_peer_options, first_line, mask_url
 
 T = TypeVar("T")
 
@@ -34,6 +34,7 @@ class Database:
             "autocommit": True,
             "connect_timeout": 5,
             "prepare_threshold": 5 if prepare else None,
+            **dead_peer_options(url),
         }
         self._min_size = min_size
         self._max_size = max_size

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 import psycopg
 
 from webhook.core.errors import ProjectError
-from webhook.database.connect import first_line, mask_url
+from webhook.database.connect import dead_peer_options, first_line, mask_url
 from webhook.pipeline.drain import BATCH_EVENTS, Applied, drain_batch, queued
 from webhook.pipeline.processor import ProcessingRules
 from webhook.rules import application_links
@@ -222,6 +222,7 @@ class DrainWorker:
                     connect_timeout=5,
                     prepare_threshold=5 if self._prepare else None,
                     application_name="webhook-drain",
+                    **dead_peer_options(self._url),
                 )
             except psycopg.OperationalError as exc:
                 raise psycopg.OperationalError(
