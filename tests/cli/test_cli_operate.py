@@ -570,3 +570,9 @@ def test_replay_failed_on_two_workers_applies_every_event(conn, db_url, monkeypa
         " count(*) filter (where attempts = 1 and error is distinct from 'backlog')"
         " from webhook_private.events where not type like 'checkout.%'"
     ).fetchone() == (0, backlog)
+
+
+def test_replay_refuses_a_database_with_pending_migrations(conn, db_url) -> None:
+    conn.execute("delete from webhook_private.schema_migrations where version = '015'")
+    line = fails(run(db_url, "replay", "--failed"))
+    assert "1 migration(s) pending; run `python -m webhook migrate` first" in line

@@ -54,3 +54,8 @@ def test_every_kind_of_connection_carries_them(db_url) -> None:
         assert options_of(drain._conn) == expected
     finally:
         drain.stop()
+
+
+def test_a_url_that_turns_them_off_or_names_a_service_gets_none() -> None:
+    assert dead_peer_options("postgresql://u@db.example.test/app?keepalives=0") == {}
+    assert dead_peer_options("service=billing") == {}

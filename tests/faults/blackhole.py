@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -23,6 +24,9 @@ import threading
 from collections.abc import Iterator
 
 CHUNK = 65536
+# Every rule a cut adds carries this comment, so that one a killed run left behind is found
+# and taken away by the next cut.
+TAG = "webhook-tests-blackhole"
 
 
 def available() -> str | None:
@@ -32,7 +36,8 @@ def available() -> str | None:
     if shutil.which("iptables") is None:
         return "iptables is not installed (.ci/run installs it)"
     # The kind of rule a cut adds, on a port nothing listens on, added and taken away.
-    rule = ["INPUT", "-i", "lo", "-p", "tcp", "--dport", "9", "-j", "DROP"]
+    rule = ["INPUT", "-i", "lo", "-p", "tcp", "--dport", "9", "-m", "comment", "--comment", TAG]
+    rule += ["-j", "DROP"]
     added = subprocess.run(["iptables", "-I", *rule], capture_output=True, text=True)
     if added.returncode != 0:
         return f"iptables does not work here: {added.stderr.strip() or added.returncode}"
@@ -89,13 +94,15 @@ class Relay:
         and the sessions through it are over. Afterwards new connections work again, while
         the old ones stay as a vanished host leaves them: open on the client's side, and
         never answered."""
+        _sweep()
+        tagged = ["-m", "comment", "--comment", TAG, "-j", "DROP"]
         rules = [
-            ["INPUT", "-i", "lo", "-p", "tcp", "--dport", str(self.port), "-j", "DROP"],
-            ["INPUT", "-i", "lo", "-p", "tcp", "--sport", str(self.port), "-j", "DROP"],
+            ["INPUT", "-i", "lo", "-p", "tcp", "--dport", str(self.port), *tagged],
+            ["INPUT", "-i", "lo", "-p", "tcp", "--sport", str(self.port), *tagged],
         ]
-        for rule in rules:
-            subprocess.run(["iptables", "-I", *rule], check=True)
         try:
+            for rule in rules:
+                subprocess.run(["iptables", "-I", *rule], check=True)
             with self._lock:
                 pairs, self._pairs = self._pairs, []
             for client, server in pairs:
@@ -107,8 +114,7 @@ class Relay:
                 server.close()
             yield
         finally:
-            for rule in rules:
-                subprocess.run(["iptables", "-D", *rule], check=False)
+            _sweep()
 
     def close(self) -> None:
         with self._lock:
@@ -120,6 +126,14 @@ class Relay:
             server.close()
         for client in self._muted:
             client.close()
+
+
+def _sweep() -> None:
+    """Take away every rule a cut added (this one's, or one a killed run left behind)."""
+    listed = subprocess.run(["iptables", "-S", "INPUT"], capture_output=True, text=True)
+    for line in listed.stdout.splitlines():
+        if TAG in line and line.startswith("-A "):
+            subprocess.run(["iptables", "-D", *shlex.split(line)[1:]], check=False)
 
 
 def _pump(source: socket.socket, target: socket.socket) -> None:

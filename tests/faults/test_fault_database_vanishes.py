@@ -30,8 +30,8 @@ from faultkit import (
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 STORE_TIMEOUT_MS = 500
-# Probes after 1 s of silence, one a second, given up after two: about 3 s for an idle or
-# waiting connection; 2 s for one whose sent data is never acknowledged.
+# Probes after 1 s of silence, one a second; given up once 2 s pass without an answer to
+# data or probes (on Linux the user timeout decides, keepalives_count elsewhere).
 FAST_DEAD_PEER = {
     "keepalives_idle": "1",
     "keepalives_interval": "1",

@@ -7,6 +7,7 @@ Stripe's order, inline. Every row the processor owns must be equal.
 
 import random
 import threading
+import time
 from collections import Counter
 
 import psycopg
@@ -18,6 +19,7 @@ from stripe_events import MONTH, Delivery, EventFactory
 
 from webhook.cli import cli
 from webhook.core.config import DEFAULT_ENTITLED_STATUSES
+from webhook.core.errors import SchemaBehind
 from webhook.pipeline import handlers, inbox
 from webhook.pipeline.drain import drain_batch, drain_until_empty, queued
 from webhook.pipeline.drain_worker import DrainWorker
@@ -365,3 +367,33 @@ def test_doctor_warns_when_the_queue_lags(db_url, conn, factory) -> None:
     output = doctor()
     assert "FIX  queue: 1 event(s) waiting, the oldest for 600s" in output
     assert "drain" in output
+
+
+def test_a_drain_waits_while_migrations_are_pending(conn, db_url) -> None:
+    """Code started before its migrations ran (no release step) applies nothing until they
+    have: the drain retries, and applies the queue once the schema has caught up."""
+    setup(conn)
+    factory = EventFactory(start=1_700_000_000)
+    delivery = factory.subscription(
+        "customer.subscription.updated", sub_id="sub_m", customer="cus_m", status="active"
+    )
+    receive(conn, [delivery])
+    row = conn.execute(
+        "delete from webhook_private.schema_migrations where version = '015' returning *"
+    ).fetchone()
+    worker = DrainWorker(db_url, RULES, poll_seconds=0.05)
+    with pytest.raises(SchemaBehind, match=r"1 migration\(s\) pending \(015_"):
+        worker.until_empty()
+    worker.start()
+    try:
+        time.sleep(1.0)  # several attempts, each refused
+        assert queued(conn)
+        columns = ", ".join("%s" for _ in row)
+        conn.execute(f"insert into webhook_private.schema_migrations values ({columns})", row)
+        deadline = time.monotonic() + 30
+        while queued(conn) and time.monotonic() < deadline:
+            worker.wake()
+            time.sleep(0.05)
+        assert not queued(conn)
+    finally:
+        worker.stop()

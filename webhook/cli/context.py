@@ -8,6 +8,7 @@ import click
 import psycopg
 
 from webhook.core.config import load_settings, prepared_statements_setting, use_prepared_statements
+from webhook.database import migrations
 from webhook.database.connect import connect, resolve_database_url
 from webhook.pipeline.processor import ProcessingRules
 
@@ -40,6 +41,15 @@ def database(ctx: click.Context, *, autocommit: bool = False) -> Iterator[psycop
         yield conn
     finally:
         conn.close()
+
+
+def require_schema(conn: psycopg.Connection) -> None:
+    """Stop with one line if the database lacks migrations this code relies on."""
+    waiting = migrations.pending(conn)
+    if waiting:
+        raise click.ClickException(
+            f"{len(waiting)} migration(s) pending; run `python -m webhook migrate` first"
+        )
 
 
 def processing_rules() -> ProcessingRules:

@@ -5,7 +5,7 @@ from collections.abc import Callable
 import click
 
 from webhook.cli import cli
-from webhook.cli.context import connector, database, processing_rules
+from webhook.cli.context import connector, database, processing_rules, require_schema
 from webhook.pipeline.reconcile import reconcile as reconcile_plans
 from webhook.pipeline.replay import failed_event_ids, iter_replay
 from webhook.pipeline.replay_result import ReplayResult
@@ -79,6 +79,7 @@ def replay(
     rules = processing_rules()
     replayed = failed = 0
     with database(ctx, autocommit=True) as conn:
+        require_schema(conn)
         ids = failed_event_ids(conn, event_type) if all_failed else list(event_ids)
         progress = _progress("replay")
         results = iter_replay(conn, ids, rules, dry_run=dry_run, progress=progress,

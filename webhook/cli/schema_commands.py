@@ -5,7 +5,7 @@ import os
 import click
 
 from webhook.cli import cli
-from webhook.cli.context import database, database_url
+from webhook.cli.context import database, database_url, require_schema
 from webhook.core.config import prepared_statements_setting, use_prepared_statements
 from webhook.database import migrations
 
@@ -86,16 +86,8 @@ def drop(ctx: click.Context, yes: bool) -> None:
 def seed_plans(ctx: click.Context) -> None:
     """Insert the three sample plans (Basic, Pro, Enterprise) if they are missing."""
     with database(ctx, autocommit=True) as conn:
-        _require_schema(conn)
+        require_schema(conn)
         before = conn.execute("select count(*) from public.plans").fetchone()[0]
         migrations.run_script(conn, migrations.SCHEMA_DIR / "seed_plans.sql")
         after = conn.execute("select count(*) from public.plans").fetchone()[0]
     click.echo(f"seeded {after - before} sample plan(s); {after} plan(s) in total")
-
-
-def _require_schema(conn) -> None:
-    waiting = migrations.pending(conn)
-    if waiting:
-        raise click.ClickException(
-            f"{len(waiting)} migration(s) pending; run `python -m webhook migrate` first"
-        )

@@ -16,5 +16,9 @@ class DatabaseUnavailable(ProjectError):
     """The database could not be reached or did not answer in time; try again later."""
 
 
+class SchemaBehind(ProjectError):
+    """The database lacks migrations this code relies on; run `migrate` first."""
+
+
 class MigrationError(ProjectError):
     """A migration failed and was rolled back; the database is as it was before it."""

@@ -19,11 +19,13 @@ CONNECT_TIMEOUT_SECONDS = 5
 # another machine, a network partition). libpq leaves that to the system, which waits two
 # hours before its first keepalive probe: meanwhile a query whose answer never comes holds
 # its connection, and its worker answers 503 or its drain waits, for all that time. With
-# these, a connection that hears nothing for 10 s is probed every 5 s and given up after
-# three unanswered probes, and one whose sent data stays unacknowledged for 30 s is given
-# up too; the query fails, the pool drops the connection, and the next one goes to
-# whatever answers at the database's address now. A URL that sets any of them keeps its
-# own value. libpq ignores them for Unix-domain sockets.
+# these, a connection that hears nothing for 10 s is probed every 5 s, and one that has
+# heard nothing for 30 s (probes or data unacknowledged) is given up (on Linux the user
+# timeout decides; elsewhere, three unanswered probes); the query fails, the pool drops the
+# connection, and the next one goes to whatever answers at the database's address now.
+# A URL that sets any of them keeps its own value; one that turns keepalives off or names
+# a service file entry gets none. libpq ignores them for Unix-domain sockets. Behind a
+# pooler (PgBouncer, Supavisor) they cover the link to the pooler only.
 DEAD_PEER_OPTIONS = {
     "keepalives": "1",
     "keepalives_idle": "10",
@@ -58,11 +60,14 @@ def mask_url(url: str) -> str:
 
 
 def dead_peer_options(url: str) -> dict[str, str]:
-    """DEAD_PEER_OPTIONS that `url` does not set itself (none for a URL libpq cannot read:
+    """DEAD_PEER_OPTIONS that `url` does not set itself (none for a URL that turns them off
+    or takes its options from a service file, and none for a URL libpq cannot read:
     connecting then fails with libpq's own message, as it would without them)."""
     try:
         given = conninfo_to_dict(url)
     except psycopg.Error:
+        return {}
+    if given.get("keepalives") == "0" or "service" in given:
         return {}
     return {key: value for key, value in DEAD_PEER_OPTIONS.items() if key not in given}
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import psycopg
+from psycopg.pq import TransactionStatus
 
 
 def update_naming_audit_rows(
@@ -26,6 +27,10 @@ def update_naming_audit_rows(
     but so does the failure: the transaction (or its savepoint) must be rolled back, and the
     setting with it.
     """
+    if conn.info.transaction_status == TransactionStatus.IDLE:
+        # Outside a transaction the setting would end with its own statement, and the
+        # audit rows would go unnamed.
+        raise RuntimeError("update_naming_audit_rows needs the caller's transaction")
     sources = {str(owner): f"stripe:{event_id}" for owner, event_id in events.items()}
     conn.execute("select set_config('webhook.sources', %s, true)", (json.dumps(sources),))
     conn.execute(sql, params)

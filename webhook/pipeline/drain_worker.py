@@ -7,8 +7,9 @@ event (wake()), and otherwise polls every POLL_SECONDS, which picks up events st
 other processes or hosts and batches a dead drain left behind. No NOTIFY: it would take a
 cluster-wide lock at every commit, and LISTEN does not work through a transaction pooler.
 
-While the database is unreachable the loop backs off, up to MAX_BACKOFF_SECONDS, and
-resumes by itself; a deadlock or a lock timeout just retries the batch. stop() lets the
+While the database is unreachable, or lacks a migration this code relies on (a version
+started before `migrate` ran), the loop backs off, up to MAX_BACKOFF_SECONDS, and resumes
+by itself; a deadlock or a lock timeout just retries the batch. stop() lets the
 batch in hand commit (or, if the process is killed, its transaction rolls back and the
 events return to the queue).
 """
@@ -20,7 +21,8 @@ from collections.abc import Callable, Sequence
 
 import psycopg
 
-from webhook.core.errors import ProjectError
+from webhook.core.errors import ProjectError, SchemaBehind
+from webhook.database import migrations
 from webhook.database.connect import dead_peer_options, first_line, mask_url
 from webhook.pipeline.drain import BATCH_EVENTS, Applied, drain_batch, queued
 from webhook.pipeline.processor import ProcessingRules
@@ -127,6 +129,13 @@ class DrainWorker:
             try:
                 busy = self.cycle()
                 backoff, self._last_warning = 0.0, None
+            except SchemaBehind as exc:
+                # A new version started before its migrations ran (no release step): applying
+                # events against the old schema could write what it no longer expects.
+                backoff = min(max(backoff * 2, 0.5), MAX_BACKOFF_SECONDS)
+                self._warn(f"drain: {exc}; waiting")
+                self._stop.wait(backoff)
+                continue
             except psycopg.OperationalError as exc:
                 broken = self._conn is None or self._conn.broken
                 if broken:
@@ -228,6 +237,13 @@ class DrainWorker:
                 raise psycopg.OperationalError(
                     f"cannot reach the database at {mask_url(self._url)}: {first_line(exc)}"
                 ) from None
+            waiting = migrations.pending(self._conn)
+            if waiting:
+                self._close()
+                raise SchemaBehind(
+                    f"{len(waiting)} migration(s) pending ({waiting[0].path.name} first);"
+                    " run `python -m webhook migrate`"
+                )
         return self._conn
 
     def _close(self) -> None:
