@@ -21,6 +21,9 @@ from bench.workload import SECRET
 
 ROOT = Path(__file__).resolve().parent.parent
 LUA = ROOT / "bench" / "replay.lua"
+# Unique events per wrk run and second: enough for the fastest rate seen on 2 cores, with
+# room; a much larger file only makes wrk burn CPU parsing it while it is measured.
+UNIQUE_EVENTS_PER_SECOND = 5_000
 
 
 def free_port() -> int:
@@ -281,6 +284,14 @@ def wait_drained(url: str, timeout: float = 600.0, sample: tuple = ()) -> float:
                 tracker.sample()
             time.sleep(0.05)
     return time.monotonic() - started
+
+
+def apply_queue(url: str) -> None:
+    """Apply whatever a run with WEB_DRAIN=off left queued (`python -m webhook drain --once`),
+    so that the next run starts on an empty queue."""
+    subprocess.run([sys.executable, "-m", "webhook", "drain", "--once"], cwd=ROOT, check=True,
+                   env={**os.environ, "DATABASE_URL": url}, stdout=subprocess.DEVNULL)  # fmt: skip
+    wait_drained(url)
 
 
 def run_applied(

@@ -11,8 +11,10 @@ Phases, each on a freshly seeded database:
 2. 1 000 000 customers and 1 000 000 old inbox events: the same sweep, without the peer.
 3. Memory: worker RSS sampled across a long run (200 000 events by default).
 4. A month-start burst: 100 000 renewal-mix events offered at twice the drain rate.
-5. Operator commands: `reconcile` and `replay --failed` over 100 000 rows each.
-6. `sync` of 100 000 subscriptions from the Stripe stand-in at Stripe's rate limit.
+5. A backlog: requests alone on an empty queue and with 1 000 000 events waiting, the
+   monitors read meanwhile, then the drains working through it under load.
+6. Operator commands: `reconcile` and `replay --failed` over 100 000 rows each.
+7. `sync` of 100 000 subscriptions from the Stripe stand-in at Stripe's rate limit.
 Results go to bench/results/ as results.md, results.json and chart.png.
 """
 
@@ -32,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import measure, peer, report  # noqa: E402
+from bench.backlog_phase import BacklogRun, measure_backlog  # noqa: E402
 from bench.operators import measure_operators  # noqa: E402
 from bench.sync_phase import measure_sync  # noqa: E402
 from bench.workload import Mix, deliveries, seed, write_wrk_files  # noqa: E402
@@ -45,7 +48,6 @@ from webhook.database import migrations  # noqa: E402
 RESULTS = ROOT / "bench" / "results"
 WORK = RESULTS / "work"
 PGBENCH_SCRIPT = WORK / "pgbench_event.sql"
-UNIQUE_EVENTS_PER_SECOND = 5_000
 
 
 def main() -> None:
@@ -95,6 +97,7 @@ def main() -> None:
     results["burst"] = _burst_phase(
         burst, postmaster_pid, plan, args, 2 * results["small"]["best_rate"], best_answered
     )
+    results["backlog"] = _backlog_phase(admin_url, postmaster_pid, plan, args, best)
     ops = _fresh_database(admin_url, "webhook_bench_ops", plan.operator_rows, 0)
     results["operators"] = measure_operators(ops, plan.operator_rows)
     synced = _fresh_database(admin_url, "webhook_bench_sync", plan.sync_subscriptions, 0)
@@ -117,13 +120,15 @@ class Plan:
     def full(cls) -> "Plan":
         return cls(sweep=(1, 2, 4, 8, 16, 32, 64), seconds=12, small_customers=1_000, large_customers=1_000_000,
                    old_events=1_000_000, memory_events=200_000, operator_rows=100_000,
-                   sync_subscriptions=100_000, burst_events=100_000)  # fmt: skip
+                   sync_subscriptions=100_000, burst_events=100_000,
+                   backlog_events=1_000_000)  # fmt: skip
 
     @classmethod
     def quick(cls) -> "Plan":
         return cls(sweep=(1, 4, 8), seconds=4, small_customers=1_000, large_customers=20_000,
                    old_events=20_000, memory_events=6_000, operator_rows=2_000,
-                   sync_subscriptions=5_000, burst_events=5_000)  # fmt: skip
+                   sync_subscriptions=5_000, burst_events=5_000,
+                   backlog_events=20_000)  # fmt: skip
 
 
 def asdict(plan: Plan) -> dict:
@@ -197,9 +202,7 @@ def _load_phase(
     runs, peer_runs = [], []
     try:
         for index, connections in enumerate(sweep):
-            # Enough unique events for the fastest rate seen on 2 cores, with room; a much
-            # larger file only makes wrk burn CPU parsing it while it is measured.
-            budget = int(UNIQUE_EVENTS_PER_SECOND * plan.seconds * 1.3)
+            budget = int(measure.UNIQUE_EVENTS_PER_SECOND * plan.seconds * 1.3)
             threads = min(2, connections)
             prefix = _deliveries_file(
                 f"{label}-c{connections}", budget, customers, 100 * index + 7, threads
@@ -265,15 +268,13 @@ def _ingest_only(url: str, postmaster_pid, plan: Plan, args, connections: int) -
                             settings={"WEB_DRAIN": "off"}, threads=args.threads)  # fmt: skip
     try:
         threads = min(2, connections)
-        budget = int(UNIQUE_EVENTS_PER_SECOND * plan.seconds * 1.3)
+        budget = int(measure.UNIQUE_EVENTS_PER_SECOND * plan.seconds * 1.3)
         prefix = _deliveries_file("ingest", budget, plan.small_customers, 4242, threads)
         result = measure.run_wrk(server, prefix, connections=connections, seconds=plan.seconds,
                                  postmaster_pid=postmaster_pid, threads=threads)  # fmt: skip
     finally:
         server.stop()
-    subprocess.run([sys.executable, "-m", "webhook", "drain", "--once"], cwd=ROOT, check=True,
-                   env={**os.environ, "DATABASE_URL": url}, stdout=subprocess.DEVNULL)  # fmt: skip
-    measure.wait_drained(url)
+    measure.apply_queue(url)
     print(
         f"ingest only: {result.rate:.0f} answered/s at {connections} connections,"
         f" p99 {result.p99_ms:.1f} ms",
@@ -345,6 +346,21 @@ def _burst_phase(
         flush=True,
     )
     return result
+
+
+def _backlog_phase(admin_url: str, postmaster_pid, plan: Plan, args, connections: int) -> dict:
+    """Ingest with `backlog_events` waiting (backlog_phase.py), on a database of its own
+    that is dropped afterwards."""
+    name = "webhook_bench_backlog"
+    url = _fresh_database(admin_url, name, plan.small_customers, 0)
+    run = BacklogRun(url=url, postmaster_pid=postmaster_pid, workers=args.workers,
+                     pool=args.pool, threads=args.threads, connections=connections,
+                     seconds=plan.seconds, customers=plan.small_customers, work=WORK)  # fmt: skip
+    try:
+        return measure_backlog(run, plan.backlog_events, STEADY)
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f'drop database if exists "{name}" with (force)')
 
 
 def _pacing_connections(runs: list[dict], target: float) -> int:

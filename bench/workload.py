@@ -14,6 +14,7 @@ from pathlib import Path
 import psycopg
 
 from webhook.fixtures import MONTH, EventFactory, sign
+from webhook.stripe.payloads import parse_event
 
 SECRET = "whsec_bench_only_not_a_real_secret"
 PRICES = ("price_basic", "price_pro", "price_enterprise")
@@ -98,6 +99,48 @@ def seed(url: str, customers: int, old_events: int) -> None:
             )
         conn.execute("set session_replication_role = origin")
         conn.execute("vacuum analyze")
+        _checkpoint(conn)
+
+
+BACKLOG_TEMPLATES = 1_000
+
+
+def queue_backlog(url: str, count: int, customers: int, mix: Mix) -> None:
+    """`count` stored events waiting to be applied, as a long outage of every drain leaves
+    them: copies of a thousand deliveries of `mix` under new ids, received an hour ago.
+
+    Written by one INSERT ... SELECT so that a million take a minute rather than the hour
+    signing and sending them would; each copy's payload names its own id, so a drain
+    applies it like any delivery.
+    """
+    templates = []
+    for _, body in deliveries(BACKLOG_TEMPLATES, customers, seed_value=31337, mix=mix):
+        text = body.decode()
+        event = parse_event(json.loads(text), text)
+        templates.append((len(templates), event.id, event.type, event.api_version, event.livemode,
+                          event.created, event.object_id, event.stripe_customer, text))  # fmt: skip
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "create temporary table backlog_templates (n int, id text, type text, api_version"
+            " text, livemode boolean, created bigint, object_id text, customer text, body text)"
+        )
+        with conn.cursor().copy("copy backlog_templates from stdin") as copy:
+            for row in templates:
+                copy.write_row(row)
+        conn.execute(
+            """
+            insert into webhook_private.events
+              (id, type, api_version, livemode, stripe_created, object_id, stripe_customer_id,
+               payload, status, received_at)
+            select 'evt_backlog_' || i, t.type, t.api_version, t.livemode, to_timestamp(t.created),
+                   t.object_id, t.customer, replace(t.body, t.id, 'evt_backlog_' || i)::json,
+                   'received', now() - interval '1 hour'
+              from generate_series(0, %s - 1) i
+              join backlog_templates t on t.n = i %% %s
+            """,
+            (count, BACKLOG_TEMPLATES),
+        )
+        conn.execute("vacuum analyze webhook_private.events")
         _checkpoint(conn)
 
 
