@@ -281,6 +281,39 @@ def test_inline_a_lock_wait_timeout_gets_503_and_the_retry_applies_once(
         app.extensions["webhook"].close()
 
 
+def test_inline_a_migration_holding_the_inbox_gets_503_in_time_and_the_retry_applies_once(
+    db_url, conn, plans, user, factory, serve
+) -> None:
+    """The insert takes the inbox's lock while it is planned: the lock timeout has to be set
+    before it, or a migration holding the table would stall the request for as long."""
+    app = build_app(db_url, DB_LOCK_TIMEOUT_MS="300", WEBHOOK_APPLY="inline")
+    stripe = StripeSender(serve(app), drain=False)
+    try:
+        checkout = factory.checkout_completed(
+            customer="cus_1", subscription=None, client_reference_id=str(user)
+        )
+        migration = psycopg.connect(db_url)
+        try:
+            # Should the request wait for the lock after all, the server ends this session
+            # after 3 s, and the test fails on the time rather than hanging.
+            migration.execute("set idle_in_transaction_session_timeout = '3s'")
+            migration.execute("lock table webhook_private.events in access exclusive mode")
+            started = time.monotonic()
+            blocked = stripe.send(checkout)
+            waited = time.monotonic() - started
+        finally:
+            migration.close()
+        assert blocked.status_code == 503
+        assert 0.3 <= waited < 3
+        assert stored_events(conn) == 0
+        retried = stripe.send(checkout)
+        assert retried.status_code == 200
+        assert retried.get_json()["status"] == "processed"
+        assert customer_state(conn, user)["stripe_customer_id"] == "cus_1"
+    finally:
+        app.extensions["webhook"].close()
+
+
 def test_queued_a_held_lock_never_reaches_the_request_and_the_drain_applies_once(
     db_url, conn, plans, user, factory, serve
 ) -> None:

@@ -36,29 +36,29 @@ def store(
 ) -> Stored:
     """Insert the event, or count another delivery of it; say whether it was new.
 
-    The same statement bounds this transaction's lock and statement waits (set_config with
-    is_local, so it is safe behind a pooler) and names the event as the source of the audit
-    rows the triggers write: one round trip instead of three.
+    A statement of its own first bounds this transaction's lock and statement waits
+    (set_config with is_local, so it is safe behind a pooler) and names the event as the
+    source of the audit rows the triggers write. It has to come first: the insert takes its
+    table's lock while it is planned, before anything in it runs, so settings made inside
+    the insert would not cover a lock a migration holds on the inbox. In the pipeline the
+    processor runs this in, both go in one round trip.
     """
+    conn.execute(
+        "select set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true),"
+        " set_config('webhook.source', %s, true)",
+        (f"{lock_timeout_ms}ms", f"{statement_timeout_ms}ms", f"stripe:{event.id}"),
+    )
     row = conn.execute(
         """
         insert into webhook_private.events as e
           (id, type, api_version, livemode, stripe_created, object_id, stripe_customer_id,
            payload)
-        select %(id)s, %(type)s, %(api_version)s, %(livemode)s, %(created)s, %(object_id)s,
-               %(stripe_customer)s, %(payload)s::json
-          from (select set_config('lock_timeout', %(lock)s, true),
-                       set_config('statement_timeout', %(statement)s, true),
-                       set_config('webhook.source', %(source)s, true)) as transaction_settings
+        values (%(id)s, %(type)s, %(api_version)s, %(livemode)s, %(created)s, %(object_id)s,
+                %(stripe_customer)s, %(payload)s::json)
         on conflict (id) do update set deliveries = e.deliveries + 1
         returning e.status
         """,
-        {
-            **_row(event),
-            "lock": f"{lock_timeout_ms}ms",
-            "statement": f"{statement_timeout_ms}ms",
-            "source": f"stripe:{event.id}",
-        },
+        _row(event),
     ).fetchone()
     assert row is not None
     return Stored(status=row[0])
