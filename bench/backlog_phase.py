@@ -79,10 +79,11 @@ def measure_backlog(run: BacklogRun, count: int, mix: Mix) -> dict:
 def _requests_alone(
     run: BacklogRun, name: str, *, seed_value: int, mix: Mix, read_monitors: bool = False
 ) -> dict:
+    prefix = _deliveries(run, name, seed_value, mix)
     server = measure.Server(run.url, run.workers, run.work / f"gunicorn-{name}.log", run.pool,
                             settings={"WEB_DRAIN": "off"}, threads=run.threads)  # fmt: skip
     try:
-        result = _wrk(run, server, name, seed_value, mix)
+        result = _wrk(run, server, prefix)
         if read_monitors:
             result |= _monitors(server)
     finally:
@@ -92,6 +93,7 @@ def _requests_alone(
 
 def _with_drains(run: BacklogRun, *, seed_value: int, mix: Mix) -> dict:
     waiting = "select count(*) from webhook_private.events where status = 'received'"
+    prefix = _deliveries(run, "backlog-drains", seed_value, mix)
     with psycopg.connect(run.url, autocommit=True) as conn:
         server = measure.Server(
             run.url, run.workers, run.work / "gunicorn-backlog-drains.log", run.pool,
@@ -100,20 +102,27 @@ def _with_drains(run: BacklogRun, *, seed_value: int, mix: Mix) -> dict:
         try:
             before = conn.execute(waiting).fetchone()[0]
             started = time.monotonic()
-            result = _wrk(run, server, "backlog-drains", seed_value, mix)
+            result = _wrk(run, server, prefix)
             elapsed = time.monotonic() - started
             after = conn.execute(waiting).fetchone()[0]
         finally:
             server.stop()
-    # What the drains applied while the run stored `requests` more.
+    # What the drains applied while the run stored `requests` more: the backlog's oldest
+    # events, since new ones queue behind it.
     applied = before + result["requests"] - after
     return {**result, "backlog_applied": applied, "backlog_rate": applied / elapsed}
 
 
-def _wrk(run: BacklogRun, server: measure.Server, name: str, seed_value: int, mix: Mix) -> dict:
+def _deliveries(run: BacklogRun, name: str, seed_value: int, mix: Mix) -> Path:
+    """A run's signed deliveries, written before its server starts (so that the drains'
+    rate covers only the time deliveries arrive)."""
     prefix = run.work / name
     budget = int(measure.UNIQUE_EVENTS_PER_SECOND * run.seconds * 1.3)
     write_wrk_files(prefix, deliveries(budget, run.customers, seed_value=seed_value, mix=mix), 2)
+    return prefix
+
+
+def _wrk(run: BacklogRun, server: measure.Server, prefix: Path) -> dict:
     result = measure.run_wrk(server, prefix, connections=run.connections, seconds=run.seconds,
                              postmaster_pid=run.postmaster_pid)  # fmt: skip
     return {**result.__dict__, "rate": result.rate}
