@@ -7,6 +7,8 @@ one's insert is held up by an uncommitted insert of the same event id in another
 everything stored meanwhile queues behind it.
 """
 
+import threading
+
 import psycopg
 from stripe_events import EventFactory
 
@@ -37,3 +39,12 @@ def transaction_ids(conn: psycopg.Connection, ids: list[str]) -> list[str]:
         ).fetchall()
     )
     return [rows[event_id] for event_id in ids]
+
+
+def release_later(blocker: psycopg.Connection, seconds: float = 0.3) -> threading.Timer:
+    """Roll the blocker back in `seconds`. Join the timer before closing the blocker: the
+    insert it held can finish before the rollback's own answer is read, and a close in
+    between fails the rollback."""
+    timer = threading.Timer(seconds, blocker.rollback)
+    timer.start()
+    return timer

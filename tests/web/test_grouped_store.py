@@ -11,13 +11,14 @@ from collections.abc import Callable
 from dataclasses import replace
 
 import psycopg
-from inbox_stores import events, held_up, transaction_ids
+from inbox_stores import events, held_up, release_later, transaction_ids
 
 from webhook.core.errors import DatabaseUnavailable
 from webhook.database.pool import Database
 from webhook.pipeline import inbox
 from webhook.stripe.payloads import Event
 from webhook.web.grouped_store import GroupedStore
+from webhook.web.store_deadline import StoreDeadlines
 
 
 def in_threads(work: Callable[[Event], object], items: list[Event]) -> list[object]:
@@ -59,9 +60,10 @@ def test_a_group_is_never_larger_than_max_rows(db_url, database, conn):
     store = GroupedStore(database, max_rows=2, in_flight=1)
     first, *others = events(5)
     blocker = held_up(db_url, first)
-    threading.Timer(0.3, blocker.rollback).start()
+    released = release_later(blocker)
     answers = in_threads(store.receive, [first, *others])
     time.sleep(0.1)
+    released.join()
     blocker.close()
 
     assert all(answer == inbox.Stored(status="received", new=True) for answer in answers)
@@ -75,8 +77,9 @@ def test_duplicates_in_one_group_are_stored_once_and_counted(db_url, database, c
     stored_before = events(4)[3]
     inbox.receive(conn, stored_before)
     blocker = held_up(db_url, first)
-    threading.Timer(0.3, blocker.rollback).start()
+    released = release_later(blocker)
     answers = in_threads(store.receive, [first, second, third, second, stored_before])
+    released.join()
     blocker.close()
 
     new = inbox.Stored(status="received", new=True)
@@ -91,8 +94,9 @@ def test_an_event_the_database_refuses_fails_alone(db_url, database, conn):
     first, good, also_good = events(3)
     refused = replace(events(4)[3], text='{"not": json}')
     blocker = held_up(db_url, first)
-    threading.Timer(0.3, blocker.rollback).start()
+    released = release_later(blocker)
     answers = in_threads(store.receive, [first, good, refused, also_good])
+    released.join()
     blocker.close()
 
     assert answers[0] == answers[1] == answers[3] == inbox.Stored(status="received", new=True)
@@ -118,10 +122,10 @@ def test_up_to_in_flight_inserts_run_at_once_and_the_rest_group(db_url, database
     first, second, *others = events(6)
     blockers = [held_up(db_url, first), held_up(db_url, second)]
     # One after the other: the queue goes to whichever insert finishes first, whole.
-    threading.Timer(0.3, blockers[0].rollback).start()
-    threading.Timer(0.6, blockers[1].rollback).start()
+    released = [release_later(blockers[0], 0.3), release_later(blockers[1], 0.6)]
     answers = in_threads(store.receive, [first, second, *others])
-    for blocker in blockers:
+    for timer, blocker in zip(released, blockers, strict=True):
+        timer.join()
         blocker.close()
 
     assert answers == [inbox.Stored(status="received", new=True)] * 6
@@ -146,3 +150,61 @@ def test_max_rows_one_stores_each_on_its_own_connection(db_url, database, conn):
     late.join(5)
     xids = transaction_ids(conn, [e.id for e in [first, *others]])
     assert len(set(xids)) == 4
+
+
+def test_deadlines_answer_a_stalled_inbox_unavailable_and_store_nothing(db_url, database, conn):
+    """The threaded workers' bound: a migration holding the inbox's lock gets the insert
+    cancelled at its deadline, and the threads queued behind it get the same answer."""
+    store = GroupedStore(database, max_rows=2, in_flight=1, deadlines=StoreDeadlines(0.3))
+    migration = psycopg.connect(db_url)
+    try:
+        # Should the insert wait for the lock after all, the server ends this session
+        # after 3 s, and the test fails on the answers rather than hanging.
+        migration.execute("set idle_in_transaction_session_timeout = '3s'")
+        migration.execute("lock table webhook_private.events in access exclusive mode")
+        started = time.monotonic()
+        answers = in_threads(store.receive, events(5))
+        waited = time.monotonic() - started
+    finally:
+        migration.close()
+
+    assert all(isinstance(answer, DatabaseUnavailable) for answer in answers), answers
+    assert all(answer is answers[0] for answer in answers)  # one wait, not one per group
+    assert 0.3 <= waited < 3
+    assert conn.execute("select count(*) from webhook_private.events").fetchone()[0] == 0
+    assert in_threads(store.receive, events(5)) == [inbox.Stored(status="received", new=True)] * 5
+
+
+def test_deadlines_also_bound_a_store_of_one(db_url, database, conn):
+    store = GroupedStore(database, max_rows=1, deadlines=StoreDeadlines(0.3))
+    first = events(1)[0]
+    blocker = held_up(db_url, first)
+    try:
+        started = time.monotonic()
+        answer = in_threads(store.receive, [first])[0]
+        waited = time.monotonic() - started
+    finally:
+        blocker.close()
+    assert isinstance(answer, DatabaseUnavailable), answer
+    assert 0.3 <= waited < 3
+    assert store.receive(first) == inbox.Stored(status="received", new=True)
+
+
+def test_a_session_sent_a_cancel_is_closed_and_one_in_time_is_kept(db_url):
+    """A cancel can land after its statement ended, on the next one: never reuse it."""
+    deadlines = StoreDeadlines(0.3)
+    with (
+        psycopg.connect(db_url, autocommit=True) as late,
+        psycopg.connect(db_url, autocommit=True) as in_time,
+    ):
+        started = time.monotonic()
+        try:
+            with deadlines.watch(late):
+                late.execute("select pg_sleep(5)")
+        except psycopg.errors.QueryCanceled:
+            pass
+        assert 0.3 <= time.monotonic() - started < 3
+        assert late.closed
+        with deadlines.watch(in_time):
+            in_time.execute("select 1")
+        assert not in_time.closed

@@ -6,12 +6,11 @@ How grouping is made visible and deterministic: tests/inbox_stores.py.
 """
 
 import asyncio
-import threading
 import time
 from dataclasses import replace
 
 import psycopg
-from inbox_stores import events, held_up, transaction_ids
+from inbox_stores import events, held_up, release_later, transaction_ids
 
 from webhook.core.errors import DatabaseUnavailable
 from webhook.database.pool import Database
@@ -38,16 +37,13 @@ def store_all(store: LoopStore, items: list[Event]) -> list[object]:
         store.close()
 
 
-def release_later(blocker: psycopg.Connection, seconds: float = 0.3) -> None:
-    threading.Timer(seconds, blocker.rollback).start()
-
-
 def test_deliveries_that_meet_are_stored_with_one_insert(db_url, database, conn):
     store = LoopStore(database, max_rows=16)
     first, *others = events(6)
     blocker = held_up(db_url, first)
-    release_later(blocker)
+    released = release_later(blocker)
     answers = store_all(store, [first, *others])
+    released.join()
     blocker.close()
 
     assert answers == [NEW] * 6
@@ -60,8 +56,9 @@ def test_a_group_is_never_larger_than_max_rows(db_url, database, conn):
     store = LoopStore(database, max_rows=2)
     first, *others = events(5)
     blocker = held_up(db_url, first)
-    release_later(blocker)
+    released = release_later(blocker)
     answers = store_all(store, [first, *others])
+    released.join()
     blocker.close()
 
     assert answers == [NEW] * 5
@@ -83,8 +80,9 @@ def test_duplicates_in_one_group_are_stored_once_and_counted(db_url, database, c
     stored_before = events(4)[3]
     inbox.receive(conn, stored_before)
     blocker = held_up(db_url, first)
-    release_later(blocker)
+    released = release_later(blocker)
     answers = store_all(store, [first, second, third, second, stored_before])
+    released.join()
     blocker.close()
 
     again = inbox.Stored(status="received")
@@ -98,8 +96,9 @@ def test_an_event_the_database_refuses_fails_alone(db_url, database, conn):
     first, good, also_good = events(3)
     refused = replace(events(4)[3], text='{"not": json}')
     blocker = held_up(db_url, first)
-    release_later(blocker)
+    released = release_later(blocker)
     answers = store_all(store, [first, good, refused, also_good])
+    released.join()
     blocker.close()
 
     assert answers[0] == answers[1] == answers[3] == NEW
@@ -126,7 +125,7 @@ def test_a_delivery_whose_request_went_away_is_still_stored(db_url, database, co
     store = LoopStore(database, max_rows=16)
     first, gone, stays = events(3)
     blocker = held_up(db_url, first)
-    release_later(blocker)
+    released = release_later(blocker)
 
     async def scenario() -> list[object]:
         tasks = [asyncio.create_task(store.receive(e)) for e in (first, gone, stays)]
@@ -138,6 +137,7 @@ def test_a_delivery_whose_request_went_away_is_still_stored(db_url, database, co
         answers = asyncio.run(scenario())
     finally:
         store.close()
+    released.join()
     blocker.close()
 
     assert answers[0] == answers[2] == NEW
@@ -187,8 +187,9 @@ def test_a_full_queue_answers_503_at_once(db_url, database, monkeypatch):
     store = LoopStore(database, max_rows=16)
     first, *more = events(5)
     blocker = held_up(db_url, first)
-    release_later(blocker)
+    released = release_later(blocker)
     answers = store_all(store, [first, *more])
+    released.join()
     blocker.close()
     assert answers[:3] == [NEW] * 3  # the insert on its way, and two queued
     assert all(isinstance(a, DatabaseUnavailable) for a in answers[3:]), answers
@@ -253,7 +254,7 @@ def test_a_delivery_queued_behind_a_slow_insert_gets_its_answer_within_its_own_t
     store = LoopStore(database, max_rows=16, timeout_seconds=timeout)
     first, queued = events(2)
     slow, stalled = held_up(db_url, first), held_up(db_url, queued)
-    release_later(slow, 0.45)  # the first insert lands in time; the second is held to the end
+    released = release_later(slow, 0.45)  # the first lands in time; the second is held to the end
 
     async def scenario() -> tuple[list[object], float]:
         loop = asyncio.get_running_loop()
@@ -268,6 +269,7 @@ def test_a_delivery_queued_behind_a_slow_insert_gets_its_answer_within_its_own_t
     try:
         answers, waited = asyncio.run(scenario())
     finally:
+        released.join()
         slow.close()
         stalled.close()
         store.close()

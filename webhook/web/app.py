@@ -29,6 +29,7 @@ from webhook.stripe.signature import SignatureVerifier
 from webhook.web import delivery, metrics
 from webhook.web.grouped_store import GroupedStore
 from webhook.web.service import Service
+from webhook.web.store_deadline import StoreDeadlines
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -66,7 +67,12 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
         settings=settings,
         verifier=SignatureVerifier(settings.webhook_secrets, settings.tolerance_seconds),
         database=database,
-        store=GroupedStore(database, settings.store_group_size),
+        # The threaded workers' bound on a stalled database (the ASGI edge has its own).
+        store=GroupedStore(
+            database,
+            settings.store_group_size,
+            deadlines=StoreDeadlines(settings.store_timeout_ms / 1000),
+        ),
         rules=rules,
         drain=DrainWorker(
             database_url,

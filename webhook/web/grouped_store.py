@@ -14,12 +14,15 @@ A queued thread waits for one insert to finish, then for its own. If the databas
 unreachable, the threads queued meanwhile get the same answer at once rather than each
 waiting DB_POOL_TIMEOUT again. If a grouped insert fails for a reason of the data rather
 than the database (no event the inbox accepts should, but one must never take the others
-down with it), each event is stored on its own, so only the culprit gets the error.
+down with it), each event is stored on its own, so only the culprit gets the error. With
+deadlines (store_deadline.py; the app gives them WEB_STORE_TIMEOUT_MS), an insert that a
+stalled database keeps waiting is cancelled, and the threads waiting on it get 503.
 """
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import psycopg
 
@@ -27,6 +30,9 @@ from webhook.core.errors import DatabaseUnavailable
 from webhook.database.pool import Database
 from webhook.pipeline import inbox
 from webhook.stripe.payloads import Event
+from webhook.web.store_deadline import StoreDeadlines
+
+T = TypeVar("T")
 
 # Inserts one process runs at once before later deliveries queue for a grouped one.
 INSERTS_IN_FLIGHT = 2
@@ -54,10 +60,16 @@ class GroupedStore:
     """The inbox as the request threads of one process store into it."""
 
     def __init__(
-        self, database: Database, max_rows: int, in_flight: int = INSERTS_IN_FLIGHT
+        self,
+        database: Database,
+        max_rows: int,
+        in_flight: int = INSERTS_IN_FLIGHT,
+        *,
+        deadlines: StoreDeadlines | None = None,
     ) -> None:
         self._database = database
         self._max_rows = max_rows
+        self._deadlines = deadlines
         self._in_flight_limit = in_flight
         self._lock = threading.Lock()
         self._queue: list[_Waiter] = []
@@ -69,7 +81,9 @@ class GroupedStore:
         Raises what storing raised (DatabaseUnavailable for an outage), for this event only.
         """
         if self._max_rows == 1:  # grouping off: every thread on its own connection
-            return self._database.run(lambda conn: inbox.receive(conn, event))
+            return self._database.run(
+                _watched(self._deadlines, lambda conn: inbox.receive(conn, event))
+            )
         waiter = _Waiter(event)
         waiter.signal.acquire()
         with self._lock:
@@ -115,7 +129,8 @@ class GroupedStore:
     def _store(self, batch: list[_Waiter]) -> DatabaseUnavailable | None:
         """Store the batch and set each waiter's answer; the error if the database was
         unavailable to all of them."""
-        answers, outage = store_together(self._database, [waiter.event for waiter in batch])
+        events = [waiter.event for waiter in batch]
+        answers, outage = store_together(self._database, events, self._deadlines)
         for waiter, answer in zip(batch, answers, strict=True):
             if isinstance(answer, BaseException):
                 waiter.error = answer
@@ -128,7 +143,7 @@ Answers = list[inbox.Stored | BaseException]
 
 
 def store_together(
-    database: Database, events: Sequence[Event]
+    database: Database, events: Sequence[Event], deadlines: StoreDeadlines | None = None
 ) -> tuple[Answers, DatabaseUnavailable | None]:
     """Store `events` with one insert and one commit: what inbox.receive says of each, or
     the error storing it raised, in order; and the outage when the database was
@@ -136,21 +151,39 @@ def store_together(
     the same way). Both grouping stores, the threads' and the event loop's, use this.
 
     If the grouped insert fails for a reason of the data, each event is stored on its own,
-    so the error lands on the event it belongs to.
+    so the error lands on the event it belongs to. With `deadlines`, an insert that outlives
+    its deadline is cancelled, and the database counts as unavailable to all of them.
     """
     try:
-        return list(database.run(lambda conn: inbox.receive_many(conn, events))), None
+        work = _watched(deadlines, lambda conn: inbox.receive_many(conn, events))
+        return list(database.run(work)), None
     except psycopg.Error as exc:
         if len(events) == 1:
             return [exc], None
-        return [_store_alone(database, event) for event in events], None
+        return [_store_alone(database, event, deadlines) for event in events], None
     except BaseException as exc:  # an outage (DatabaseUnavailable): the same for all
         outage = exc if isinstance(exc, DatabaseUnavailable) else None
         return [exc] * len(events), outage
 
 
-def _store_alone(database: Database, event: Event) -> inbox.Stored | BaseException:
+def _store_alone(
+    database: Database, event: Event, deadlines: StoreDeadlines | None
+) -> inbox.Stored | BaseException:
     try:
-        return database.run(lambda conn: inbox.receive(conn, event))
+        return database.run(_watched(deadlines, lambda conn: inbox.receive(conn, event)))
     except BaseException as exc:
         return exc
+
+
+def _watched(
+    deadlines: StoreDeadlines | None, work: Callable[[psycopg.Connection], T]
+) -> Callable[[psycopg.Connection], T]:
+    """`work`, cancelled by `deadlines` if it outlives its deadline (as it is without)."""
+    if deadlines is None:
+        return work
+
+    def watched(conn: psycopg.Connection) -> T:
+        with deadlines.watch(conn):
+            return work(conn)
+
+    return watched
