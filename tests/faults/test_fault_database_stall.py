@@ -22,6 +22,7 @@ from faultkit import (
     shuffled,
     wait_until,
 )
+from stripe_events import Delivery
 
 STORE_TIMEOUT_MS = 500
 
@@ -55,6 +56,45 @@ def test_a_stalled_inbox_answers_503_in_time_and_redelivery_loses_nothing(
     assert refused_in < STORE_TIMEOUT_MS / 1000  # refused at once, not after its own wait
     redeliver_until_accepted([web.port], [stalled, meanwhile, *after])
     check_invariant(conn, hs, expected)
+
+
+def test_under_gthread_a_stalled_inbox_answers_503_in_time_and_redelivery_loses_nothing(
+    db_url, conn, gunicorn, in_order
+) -> None:
+    """The threaded worker: its request thread waits in the insert itself, so the insert is
+    cancelled at its deadline (web/store_deadline.py) and nothing is stored late."""
+    hs = histories(3, seed=62)
+    expected = in_order(hs)
+    prepare(db_url, hs)
+    order = shuffled(all_deliveries(hs), seed=5)
+    web = gunicorn(db_url, workers=1, WEB_WORKER_CLASS="gthread",
+                   WEB_STORE_TIMEOUT_MS=str(STORE_TIMEOUT_MS))  # fmt: skip
+    before = order[: len(order) // 2]
+    stalled, *after = order[len(order) // 2 :]
+    assert {post(web.port, d).status for d in before} == {200}
+
+    with psycopg.connect(db_url) as migration:
+        # Should the insert not be cancelled, the server ends this session after 5 s and
+        # the test fails on the time rather than hanging.
+        migration.execute("set idle_in_transaction_session_timeout = '5s'")
+        migration.execute("lock table webhook_private.events in access exclusive mode")
+        started = time.monotonic()
+        first = post(web.port, stalled)
+        waited = time.monotonic() - started
+        migration.rollback()
+
+    assert first.status == 503, first
+    assert STORE_TIMEOUT_MS / 1000 <= waited < 4
+    assert not _stored(conn, stalled)  # cancelled, not committed late
+    redeliver_until_accepted([web.port], [stalled, *after])
+    check_invariant(conn, hs, expected)
+
+
+def _stored(conn: psycopg.Connection, delivery: Delivery) -> bool:
+    row = conn.execute(
+        "select count(*) from webhook_private.events where id = %s", (delivery.id,)
+    ).fetchone()
+    return row[0] > 0
 
 
 def _waits_for_the_lock(conn: psycopg.Connection) -> bool:
