@@ -24,6 +24,7 @@ from replay_histories import (
     reported,
 )
 from stripe_events import EventFactory
+from stripe_standin import API_KEY
 
 from webhook.pipeline import subscription_batch
 from webhook.pipeline.processor import ProcessingRules, process_delivery
@@ -144,9 +145,8 @@ def test_a_batch_writes_one_plan_change_per_customer_naming_its_event(conn) -> N
     assert audit == [(None, str(enterprise), f"stripe:{ids[-1]}")]
 
 
-def test_with_a_stripe_key_a_full_tie_is_left_to_the_per_event_path(conn) -> None:
-    """Two states of one subscription that only their event ids tell apart: ask Stripe."""
-    factory = EventFactory(seed=9)
+def full_tie(factory: EventFactory) -> list:
+    """A link, then two states of one subscription that only their event ids tell apart."""
     deliveries = [
         factory.checkout_completed(
             customer="cus_1", subscription=None, client_reference_id=str(USERS[0])
@@ -158,16 +158,55 @@ def test_with_a_stripe_key_a_full_tie_is_left_to_the_per_event_path(conn) -> Non
                                  status="active", price_ids=[price], created=factory.clock + 5,
                                  period_start=factory.clock)
         )  # fmt: skip
+    return deliveries
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_with_a_stripe_key_a_full_tie_in_a_run_takes_stripes_current_state(
+    conn, standin, reverse
+) -> None:
+    """The run asks Stripe, as one event at a time would, and goes on with the rest."""
+    deliveries = full_tie(EventFactory(seed=9))
+    basic = deliveries[1].event["data"]["object"]
+    standin.add("subscription", [basic])  # Stripe has the Basic state now
     prepare(conn, deliveries, backlog=True)
     ids = [d.id for d in deliveries[1:]]
-    rules = ProcessingRules(RULES.entitled_statuses, stripe_api_key="sk_test_never_called")
+    if reverse:
+        ids.reverse()
+    rules = ProcessingRules(
+        RULES.entitled_statuses, stripe_api_key=API_KEY, stripe_api_base=standin.url
+    )
 
     applied = replay_subscription_run(conn, ids, rules, dry_run=False)
 
-    assert [r.event_id for r in applied] == ids[:1]
+    assert [r.event_id for r in applied] == ids
+    assert {r.outcome.status for r in applied} == {"processed"}
+    assert [entry.path for entry in standin.answered()] == ["/v1/subscriptions/sub_1"]
     assert conn.execute(
-        "select status from webhook_private.events where id = %s", (ids[1],)
-    ).fetchone() == ("failed",)
+        "select price_ids, event_id from webhook_private.subscriptions where id = 'sub_1'"
+    ).fetchone() == (["price_basic"], max(ids))
+    basic_plan = conn.execute("select id from public.plans where name = 'Basic'").fetchone()[0]
+    assert conn.execute(
+        "select plan_id from public.customer where uuid = %s", (USERS[0],)
+    ).fetchone() == (basic_plan,)
+
+
+def test_a_full_tie_in_a_run_ends_where_one_event_at_a_time_ends(conn, twin, standin) -> None:
+    deliveries = full_tie(EventFactory(seed=10))
+    standin.add("subscription", [deliveries[2].event["data"]["object"]])
+    for db in (conn, twin):
+        prepare(db, deliveries, backlog=True)
+    ids = [d.id for d in deliveries[1:]]
+    rules = ProcessingRules(
+        RULES.entitled_statuses, stripe_api_key=API_KEY, stripe_api_base=standin.url
+    )
+
+    batched = replay_many(conn, ids, rules)
+    one_by_one = [replay_event(twin, event_id, rules) for event_id in ids]
+
+    assert reported(batched) == reported(one_by_one)
+    assert owned_rows(conn) == owned_rows(twin)
+    assert len(standin.answered()) == 2  # once in the run, once one at a time
 
 
 def test_a_write_the_database_refuses_is_found_one_event_at_a_time(conn) -> None:

@@ -1,9 +1,10 @@
 """The subscription mirror: the newest known state of each Stripe subscription.
 
-Three writers share one rule, kept here: a delivered event (pipeline/handlers/subscriptions.py),
-batch replay, and `sync`, which writes states fetched from Stripe's API. A state replaces
-the stored one only if its order key is greater (see ordering.py), with the event id
-compared byte by byte (as Python compares strings), whatever the database's collation.
+Two writers share one rule, kept here: applied events (pipeline/subscription_batch.py) and
+`sync`, which writes states fetched from Stripe's API. A state replaces the stored one
+only if its order key is greater (see ordering.py), with the event id compared byte by
+byte (as Python compares strings), whatever the database's collation. The one exception
+is a state fetched to settle a full tie, which the caller has already judged newest.
 """
 
 import json
@@ -47,6 +48,12 @@ insert into webhook_private.subscriptions as s ({COLUMNS})
   where {NEWER_STATE}
 returning s.id
 """
+_REPLACE_MANY = f"""
+insert into webhook_private.subscriptions as s ({COLUMNS})
+{_RECORDS}
+{ON_CONFLICT}
+returning s.id
+"""
 
 # A dry run collects states in a temporary table of the mirror's shape, and merges them
 # into the mirror at its end, inside the transaction it then rolls back.
@@ -82,15 +89,27 @@ def row(state: SubscriptionState, order_key: Sequence[int], event_id: str) -> di
     }
 
 
-def upsert_many(conn: psycopg.Connection, rows: Sequence[dict[str, Any]]) -> set[str]:
+def upsert_many(
+    conn: psycopg.Connection, rows: Sequence[dict[str, Any]], *, replace: bool = False
+) -> set[str]:
     """Write the states that are newer than what the mirror holds; return their ids.
 
-    Rows must have distinct ids (one statement cannot update a row twice).
+    With `replace`, every state is written: states fetched from Stripe's API to settle a
+    full tie, which tie with the stored one on their key by construction. Rows must have
+    distinct ids (one statement cannot update a row twice).
     """
     if not rows:
         return set()
-    written = conn.execute(_UPSERT_MANY, (json.dumps(list(rows)),)).fetchall()
-    return {r[0] for r in written}
+    return {r[0] for r in send_many(conn, rows, replace=replace).fetchall()}
+
+
+def send_many(
+    conn: psycopg.Connection, rows: Sequence[dict[str, Any]], *, replace: bool = False
+) -> psycopg.Cursor[Any]:
+    """upsert_many without reading its answer: in pipeline mode the statement then travels
+    with the ones after it (an error still surfaces, at the transaction's end at the latest)."""
+    statement = _REPLACE_MANY if replace else _UPSERT_MANY
+    return conn.execute(statement, (json.dumps(list(rows)),))
 
 
 def stage(conn: psycopg.Connection, rows: Sequence[dict[str, Any]]) -> None:
