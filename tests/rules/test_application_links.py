@@ -6,6 +6,7 @@ requests are applied by the same code the web workers run in the background.
 """
 
 import threading
+import time
 import uuid
 
 import psycopg
@@ -283,6 +284,34 @@ def test_two_processes_apply_each_request_once(db_url, conn, plans, make_user, s
     ).fetchone()[0]
     assert audit == len(users)
     assert all(customer_state(conn, u)["plan_id"] == plans["Pro"] for u in users)
+
+
+def test_a_migration_holding_the_requests_stops_the_claim_in_time(
+    db_url, conn, plans, user, stripe, factory
+) -> None:
+    """The claim takes the table's lock while it is planned: its lock timeout has to be set
+    before it, or the drain's thread would wait for as long as a migration holds the table.
+    Should it wait after all, the server ends the locking session after 3 s, so the test
+    fails on the time rather than hanging. The request stays pending and is applied later."""
+    stripe.send(subscribed(factory, "cus_1", "price_pro", "sub_1"))
+    app_writes(conn, user, "cus_1")
+    migration = psycopg.connect(db_url)
+    try:
+        migration.execute("set idle_in_transaction_session_timeout = '3s'")
+        migration.execute("lock table webhook_private.link_requests in access exclusive mode")
+        started = time.monotonic()
+        with (
+            psycopg.connect(db_url, autocommit=True) as own,
+            pytest.raises(psycopg.errors.LockNotAvailable),
+        ):
+            application_links.apply_pending(own, STATUSES, lock_timeout_ms=300)
+        waited = time.monotonic() - started
+    finally:
+        migration.close()
+    assert waited < 2.5
+    assert requests(conn)[0][-1] == "pending"
+    assert drain(conn) == 1
+    assert customer_state(conn, user)["plan_id"] == plans["Pro"]
 
 
 def test_doctor_reports_links_that_wait_or_failed(db_url, conn, plans, make_user) -> None:

@@ -86,20 +86,27 @@ def _apply_next(
     source: str,
     on_change: Callable[[tuple[uuid.UUID, int | None, int | None]], None],
 ) -> bool:
-    """Claim and apply the oldest unclaimed request; False when there is none."""
+    """Claim and apply the oldest unclaimed request; False when there is none.
+
+    The limit is set before the claim, in a statement of its own: the claim takes the
+    table's lock while it is planned, so a limit set inside it would not bound a
+    migration's lock on the requests.
+    """
     with conn.transaction():
+        conn.execute(
+            "select set_config('webhook.source', %s, true), set_config('lock_timeout', %s, true)",
+            (source, f"{lock_timeout_ms}ms"),
+        )
         row = conn.execute(
             """
             select id, customer_uuid, previous_stripe_customer_id, stripe_customer_id,
-                   requested_at, set_config('webhook.source', %s, true),
-                   set_config('lock_timeout', %s, true)
+                   requested_at
               from webhook_private.link_requests
              where status = 'pending'
              order by id
              limit 1
                for update skip locked
-            """,
-            (source, f"{lock_timeout_ms}ms"),
+            """
         ).fetchone()
         if row is None:
             return False
