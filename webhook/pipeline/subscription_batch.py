@@ -119,7 +119,7 @@ class Candidate:
 
 
 class _Snapshot:
-    """The rows the handler would read for a run of events, locked, held in memory."""
+    """The rows deciding a run of events needs, read under their locks, held in memory."""
 
     def __init__(
         self,
