@@ -34,7 +34,7 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import psycopg
@@ -115,7 +115,7 @@ class Candidate:
     event: Event
     state: SubscriptionState
     key: tuple[int, ...]
-    linked: frozenset[uuid.UUID] = field(default_factory=frozenset)
+    linked: frozenset[uuid.UUID] = frozenset()
 
 
 class _Snapshot:
@@ -418,8 +418,8 @@ def _decide(
     for candidate in candidates:
         event = candidate.event
         try:
-            state, event_id, fetched = _settled_state(candidate, snapshot, rules)
-            stored = snapshot.subscriptions.get(state.id)
+            stored = snapshot.subscriptions.get(candidate.state.id)
+            state, event_id, fetched = _settled_state(candidate, stored, rules)
             newer = (
                 fetched
                 or stored is None
@@ -452,7 +452,7 @@ def _decide(
 
 
 def _settled_state(
-    candidate: Candidate, snapshot: _Snapshot, rules: DecisionRules
+    candidate: Candidate, stored: _Mirrored | None, rules: DecisionRules
 ) -> tuple[SubscriptionState, str, bool]:
     """The state to keep for the event, the event id to keep with it, and whether it came
     from Stripe's API.
@@ -463,7 +463,6 @@ def _settled_state(
     If Stripe cannot be asked, the event ids break the tie.
     """
     event, state = candidate.event, candidate.state
-    stored = snapshot.subscriptions.get(state.id)
     if (
         not rules.stripe_api_key
         or stored is None
