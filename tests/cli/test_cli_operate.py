@@ -515,6 +515,16 @@ def test_doctor_with_an_unreachable_database_hides_the_password() -> None:
     assert "1 thing(s) to fix" in result.output
 
 
+def test_doctor_with_a_database_url_libpq_would_misread_says_how_to_write_it() -> None:
+    result = doctor(f"postgresql://operator:s3cret/71@127.0.0.1:{closed_port()}/webhook")
+    assert result.exit_code == 1, result.output
+    assert "s3cret" not in result.output and "Traceback" not in result.output
+    database = [line for line in result.output.splitlines() if "database:" in line]
+    assert len(database) == 1, result.output
+    assert database[0].startswith("FIX  database: the database URL is not a connection string")
+    assert "percent-encoded" in database[0]
+
+
 def test_doctor_without_a_signing_secret(db_url, plans) -> None:
     result = doctor(db_url, STRIPE_WEBHOOK_SECRET=None)
     assert result.exit_code == 1, result.output

@@ -185,6 +185,7 @@ def test_drop_then_migrate_rebuilds_and_keeps_users(conn, db_url, make_user, pla
     [
         "postgresql://u:s3cret@127.0.0.1:1/x",
         "host=127.0.0.1 port=1 user=u password=s3cret dbname=x",
+        "postgresql://u:s3cret#1@127.0.0.1:1/x",  # libpq reads the # as part of the password
     ],
 )
 @pytest.mark.parametrize(
@@ -195,6 +196,22 @@ def test_unreachable_database_fails_in_one_line_without_the_password(url, comman
     assert "s3cret" not in line
     assert "***" in line
     assert "127.0.0.1" in line
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u:s3cret%zz@127.0.0.1:1/x",  # not a percent-encoding
+        "postgresql://u:s3cret/1@127.0.0.1:1/x",  # libpq would read host u, port s3cret
+    ],
+)
+@pytest.mark.parametrize("command", [["migrate"], ["events"], ["replay", "--failed"]])
+def test_a_database_url_libpq_would_misread_fails_in_one_line_without_the_password(
+    url, command
+) -> None:
+    line = assert_one_line_failure(run(url, *command))
+    assert "s3cret" not in line
+    assert "percent-encoded" in line
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ and through the ASGI edge that gunicorn runs in production.
 
 import io
 import json
+import logging
 import socket
 import threading
 import time
@@ -13,6 +14,7 @@ import time
 import psycopg
 import pytest
 from flask.testing import FlaskClient
+from servers import closed_port
 from stripe_events import Delivery, EventFactory, sign
 from webhook_support import SECRET, StripeSender, build_app, customer_state, event_status
 from werkzeug.test import TestResponse
@@ -381,6 +383,30 @@ def test_readyz_is_unavailable_while_a_migration_is_pending(conn, client) -> Non
         "status": "unavailable",
         "reason": "migrations pending: 002_processor.sql",
     }
+
+
+def test_readyz_without_its_database_names_neither_the_database_nor_its_password(
+    caplog,
+) -> None:
+    # An unencoded # in the password: libpq reads it as part of the password, urllib as
+    # the start of a fragment (which once left the password in the message).
+    application = build_app(f"postgresql://operator:s3cr#et@127.0.0.1:{closed_port()}/webhook")
+    try:
+        with caplog.at_level(logging.WARNING):
+            response = application.test_client().get("/readyz")
+    finally:
+        application.extensions["webhook"].close()
+    assert response.status_code == 503
+    assert response.get_json() == {"status": "unavailable", "reason": "database unavailable"}
+    readiness = [r.getMessage() for r in caplog.records if r.getMessage().startswith("readiness")]
+    assert len(readiness) == 1 and "password=***" in readiness[0], readiness
+    assert "s3cr" not in caplog.text
+
+
+def test_the_app_refuses_a_database_url_libpq_would_misread() -> None:
+    with pytest.raises(ConfigError, match="percent-encoded") as refused:
+        build_app("postgresql://operator:s3cr/et@127.0.0.1:5432/webhook")
+    assert "s3cr" not in str(refused.value)
 
 
 def test_the_app_refuses_to_start_without_a_secret(db_url, monkeypatch) -> None:

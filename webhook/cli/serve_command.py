@@ -69,14 +69,12 @@ def serve(ctx: click.Context, host: str, port: int, workers: int | None) -> None
         url = embedded_database_url()
         _prepare_development_database(url)
         secrets = [s for s in os.environ.get("STRIPE_WEBHOOK_SECRET", "").split(",") if s.strip()]
-        local = dev_secret()
-        os.environ["STRIPE_WEBHOOK_SECRET"] = ",".join([*secrets, local])
+        os.environ["STRIPE_WEBHOOK_SECRET"] = ",".join([*secrets, dev_secret()])
     else:
         _warn_if_pending(url)
-        local = None
     os.environ["DATABASE_URL"] = url
     load_settings()  # refuse to start on bad configuration, before forking workers
-    _banner(url, host, port, development, local)
+    _banner(url, host, port, development)
     worker_count = workers or int(os.environ.get("WEB_CONCURRENCY", "2"))
     _Gunicorn({"bind": f"{host}:{port}", "workers": worker_count}).run()
 
@@ -106,7 +104,7 @@ def _warn_if_pending(url: str) -> None:
         )
 
 
-def _banner(url: str, host: str, port: int, development: bool, local_secret: str | None) -> None:
+def _banner(url: str, host: str, port: int, development: bool) -> None:
     shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
     target = f"{shown}:{port}/webhook"
     click.echo(f"\nwebhook target: http://{target}")
@@ -114,8 +112,9 @@ def _banner(url: str, host: str, port: int, development: bool, local_secret: str
     click.echo(
         f"database:       {f'embedded PostgreSQL in {pgdata}' if development else mask_url(url)}"
     )
-    if local_secret:
-        click.echo(f"signing secret: {local_secret}  (development only, kept in ./.dev-secret)")
+    if development:
+        # The path, not the value: this banner goes wherever the server's output is kept.
+        click.echo("signing secret: ./.dev-secret  (development only; `trigger` signs with it)")
         click.echo("\nnext steps:")
         click.echo(f"  stripe listen --forward-to {target}")
         click.echo("    then restart with STRIPE_WEBHOOK_SECRET=<the whsec_ it prints> make dev")

@@ -5,13 +5,12 @@ same way: an explicit URL, else DATABASE_URL, else the embedded server in ./.pgd
 """
 
 import os
-import re
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from webhook.core.errors import DatabaseUnavailable
+from webhook.core.errors import ConfigError, DatabaseUnavailable
 
 CONNECT_TIMEOUT_SECONDS = 5
 
@@ -36,27 +35,83 @@ DEAD_PEER_OPTIONS = {
 
 
 def resolve_database_url(explicit: str | None = None) -> str:
-    """The URL to use: `explicit`, else DATABASE_URL, else the embedded server."""
+    """The URL to use: `explicit`, else DATABASE_URL, else the embedded server.
+
+    A given URL that libpq cannot read, or reads otherwise than written, is refused here
+    (ConfigError), before a pool or a command tries it: libpq's messages would quote the
+    part it misread, which can be the password.
+    """
     url = explicit or os.environ.get("DATABASE_URL", "").strip()
     if url:
+        check_readable(url)
         return url
     from webhook.database.embedded import embedded_database_url
 
     return embedded_database_url()
 
 
+def check_readable(url: str) -> None:
+    """Raise ConfigError, without quoting `url`, if libpq cannot read it as meant."""
+    if _misread(url):
+        raise ConfigError(
+            "the database URL is not a connection string PostgreSQL reads as written; in a"
+            " URL, characters such as @ : / ? # % in the user name or password must be"
+            " percent-encoded (%40 %3A %2F %3F %23 %25)"
+        )
+
+
+def _misread(url: str) -> bool:
+    """Whether libpq cannot read `url`, or reads credentials in it as something else.
+
+    libpq takes a URL's user name and password from before the first `@`, and only if
+    no `/` comes first: `postgres:pa/ss@host` is read as the host `postgres` on the port
+    `pa`, and `user:p@ss@host` as the password `p` on the host `ss@host`. Either way
+    part of the password would reach libpq's error messages, and the URL does not
+    connect where its author meant.
+    """
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.Error:
+        return True
+    _, separator, rest = url.partition("://")
+    if not separator or "@" not in rest:
+        return False
+    return not {"user", "password"} & params.keys() or any(
+        "@" in params.get(key, "") for key in ("host", "port", "dbname")
+    )
+
+
+# Connection parameters that are secrets, masked wherever a connection string is shown.
+SECRET_PARAMETERS = ("password", "sslpassword")
+MISREAD_URL = "(a database URL PostgreSQL does not read as written)"
+
+
 def mask_url(url: str) -> str:
-    """The URL with its password replaced by ***, safe to print or log."""
-    if "://" in url:
-        parts = urlsplit(url)
-        if parts.password is not None:
-            host = parts.hostname or ""
-            if parts.port:
-                host = f"{host}:{parts.port}"
-            netloc = f"{parts.username or ''}:***@{host}"
-            parts = parts._replace(netloc=netloc)
-        return urlunsplit(parts)
-    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", url)
+    """The URL with its secrets replaced by ***, safe to print or log.
+
+    What counts as the password is what libpq reads as one: a URL whose password holds an
+    unencoded `#` or `?` is read by libpq whole, but split by urllib at that character.
+    A URL is shown as a URL when urllib finds the same password libpq does; otherwise the
+    parameters libpq read are shown as key=value pairs, the secrets masked. A URL libpq
+    misreads (see _misread) is not shown at all.
+    """
+    if _misread(url):
+        return MISREAD_URL
+    params = conninfo_to_dict(url)
+    if not any(key in params for key in SECRET_PARAMETERS):
+        return url
+    if "://" in url and "sslpassword" not in params:
+        try:
+            parts = urlsplit(url)
+            password = parts.password
+        except ValueError:  # urllib refuses what libpq reads (a bracket left open)
+            password = None
+        if password is not None and unquote(password) == params.get("password"):
+            user_info, _, hosts = parts.netloc.rpartition("@")
+            user = user_info.partition(":")[0]
+            return urlunsplit(parts._replace(netloc=f"{user}:***@{hosts}"))
+    shown = {key: "***" if key in SECRET_PARAMETERS else value for key, value in params.items()}
+    return make_conninfo(**shown)
 
 
 def dead_peer_options(url: str) -> dict[str, str]:
@@ -73,7 +128,9 @@ def dead_peer_options(url: str) -> dict[str, str]:
 
 
 def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection:
-    """Open one connection, turning any failure into a one-line DatabaseUnavailable."""
+    """Open one connection, turning any failure into a one-line DatabaseUnavailable
+    (ConfigError for a URL libpq would misread)."""
+    check_readable(url)
     try:
         return psycopg.connect(
             url,

@@ -124,7 +124,10 @@ def _register_routes(app: Flask, service: Service) -> None:
                 waiting = [m.path.name for m in migrations.pending(conn)]
                 lag = metrics.queue_lag_seconds(conn) if not waiting else 0.0
         except DatabaseUnavailable as exc:
-            return jsonify({"status": "unavailable", "reason": str(exc)}), 503
+            # The reason is the log's: anyone may ask /readyz, and the database's address
+            # and user are not theirs to know.
+            log.warning("readiness: %s", exc)
+            return jsonify({"status": "unavailable", "reason": "database unavailable"}), 503
         if waiting:
             reason = f"migrations pending: {', '.join(waiting)}"
             return jsonify({"status": "unavailable", "reason": reason}), 503
