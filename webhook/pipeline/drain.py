@@ -7,8 +7,11 @@ the queue by itself (its transaction is rolled back). Within the batch:
 
 - the Stripe customers of all its events are locked first, without waiting: an event
   whose Stripe customer another transaction holds (another drain's batch, a delivery in
-  inline mode, a sync page) is left in the queue for the next batch, so drains never wait
-  on each other and a busy customer never holds up the events behind it;
+  inline mode, a sync page) is left in the queue for the next batch; then, the same way,
+  the rows of the customers they are linked to: an event whose customer's row another
+  transaction holds (the application's own, a `consume_resources` call, an operator's
+  open session) is left in the queue too. Drains do not wait on each other, and a busy
+  customer does not hold up the events behind it;
 - subscription events go through the batch engine of `replay` (subscription_batch), which
   decides them in memory with the handler's rules and writes the net result;
 - types without a handler are settled as `ignored` in the same statement that records
@@ -16,7 +19,10 @@ the queue by itself (its transaction is rolled back). Within the batch:
 - the rest (checkout, failed payments, customers, catalog, and subscription events the
   batch engine leaves) go through their handlers one by one, each in a savepoint, so an
   event that fails, or whose handler raises, is `failed` with its reason and never stops
-  the events behind it;
+  the events behind it. A handler may still have to wait for a row the batch could not
+  lock ahead (the customer a checkout is about to link): if it waits longer than the lock
+  timeout, or is chosen to break a deadlock, its savepoint is rolled back and the event,
+  with the rest of its Stripe customer's in this batch, stays in the queue;
 - paid invoices come last, decided together by renewal_batch, the rule the invoice
   handler applies to one event (after the batch's other events: its checkouts have
   linked their customers, its `customer.deleted` unlinked them), and go one by one
@@ -93,8 +99,10 @@ def drain_batch(
 
     [] means the queue is empty, or every claimed event's Stripe customer was busy (then
     after a short pause, so a caller that loops does not spin). `conn` must be in
-    autocommit mode. A lost connection, a lock or statement timeout, or a deadlock rolls
-    the whole batch back (its events stay queued) and is raised. `only` restricts the
+    autocommit mode. A lost connection or a statement timeout rolls the whole batch back
+    (its events stay queued) and is raised; so does a lock wait given up outside an
+    event's handler (claiming, recording). One given up inside a handler leaves that
+    event, and its Stripe customer's others in the batch, queued (see LOCK_WAITS_GIVEN_UP). `only` restricts the
     claim to these event ids (a catch-up applying what it stored; `trigger` then names it).
     `known` holds events this process stored and parsed already (the request had to):
     their stored payload is not decoded again.
@@ -174,6 +182,8 @@ def _apply(
             )
     busy = _busy_customers(conn, {c for e in events if (c := e.stripe_customer)})
     events = [e for e in events if e.stripe_customer not in busy]
+    held = _held_elsewhere(conn, {c for e in events if (c := e.stripe_customer)})
+    events = [e for e in events if e.stripe_customer not in held]
     ignored = [e for e in events if e.type not in HANDLERS]
     handled = [e for e in events if e.type in HANDLERS]
     candidates: list[Candidate] = []
@@ -190,17 +200,34 @@ def _apply(
     one_by_one.extend(c.event for c in candidates if c.event.id not in done)
     results.extend(_result(e.id, e.type, Outcome.ignored()) for e in ignored)
     renewals: list[Renewal] = []
+    waiting: set[str | None] = set()  # Stripe customers whose events wait for a lock
     for event in one_by_one:
         renewal = renewal_batch.renewal_for(event)
         if renewal is None:
-            results.append(_apply_one(conn, event, rules))
+            results.extend(_apply_one_unless_waiting(conn, event, rules, waiting))
         else:
             renewals.append(renewal)
     renewed = _apply_renewals(conn, renewals)
     results.extend(renewed)
     done = {r.event_id for r in renewed}
-    results.extend(_apply_one(conn, r.event, rules) for r in renewals if r.event.id not in done)
+    for renewal in renewals:
+        if renewal.event.id not in done:
+            results.extend(_apply_one_unless_waiting(conn, renewal.event, rules, waiting))
     return results
+
+
+def _apply_one_unless_waiting(
+    conn: psycopg.Connection, event: Event, rules: ProcessingRules, waiting: set[str | None]
+) -> list[ReplayResult]:
+    """[the event's result], or [] when it stays queued: its Stripe customer's earlier
+    event in this batch waited for a lock in vain, or this one does."""
+    if event.stripe_customer in waiting:
+        return []
+    result = _apply_one(conn, event, rules)
+    if result is None:
+        waiting.add(event.stripe_customer)
+        return []
+    return [result]
 
 
 def _decoded(payload: str) -> object:
@@ -241,6 +268,8 @@ def _in_savepoint(
     try:
         with conn.transaction():
             return apply()
+    except LOCK_WAITS_GIVEN_UP:
+        return []  # the handlers find which events wait, and leave those queued
     except psycopg.OperationalError:
         raise
     except psycopg.Error:
@@ -250,12 +279,18 @@ def _in_savepoint(
         return []
 
 
-def _apply_one(conn: psycopg.Connection, event: Event, rules: ProcessingRules) -> ReplayResult:
-    """One event through its handler, in a savepoint: its failure is its own."""
+def _apply_one(
+    conn: psycopg.Connection, event: Event, rules: ProcessingRules
+) -> ReplayResult | None:
+    """One event through its handler, in a savepoint: its failure is its own. None when it
+    waited for a lock in vain: rolled back, it stays queued, and the batch goes on."""
     try:
         with conn.transaction():
             conn.execute("select set_config('webhook.source', %s, true)", (f"stripe:{event.id}",))
             outcome = run_handler(conn, event, rules)
+    except LOCK_WAITS_GIVEN_UP:
+        log.info("drain: event %s waits for a lock; left in the queue", event.id)
+        return None
     except Exception as exc:
         outcome = as_failure(exc, event)  # re-raises what means "retry later"
     return _result(event.id, event.type, outcome)
@@ -263,6 +298,39 @@ def _apply_one(conn: psycopg.Connection, event: Event, rules: ProcessingRules) -
 
 def _result(event_id: str, event_type: str, outcome: Outcome) -> ReplayResult:
     return ReplayResult(event_id, event_type, outcome, None, None)
+
+
+# A lock wait that ran out (lock_timeout) or broke a deadlock: inside a savepoint, only
+# the event (or the batch path) that waited is rolled back. Everything else that means
+# "retry later" (a lost connection, a statement timeout) still rolls the batch back.
+LOCK_WAITS_GIVEN_UP = (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected)
+
+# The rows of the customers these Stripe customers are linked to, locked in uuid order
+# (the order every writer of them takes) without waiting; the Stripe customers whose
+# customer's row another transaction holds.
+_HELD_ELSEWHERE = """
+with owner as (
+  select l.stripe_customer_id, l.customer_uuid
+    from webhook_private.customer_links l
+   where l.stripe_customer_id = any(%(ids)s::text[]) and l.customer_uuid is not null
+), locked as materialized (
+  select c.uuid from public.customer c
+   where c.uuid in (select customer_uuid from owner)
+   order by c.uuid
+     for update skip locked
+)
+select o.stripe_customer_id from owner o
+ where o.customer_uuid not in (select uuid from locked)
+"""
+
+
+def _held_elsewhere(conn: psycopg.Connection, stripe_customers: set[str]) -> set[str]:
+    """Lock the rows of these Stripe customers' customers if they are free; return the
+    Stripe customers whose customer's row another transaction holds."""
+    if not stripe_customers:
+        return set()
+    rows = conn.execute(_HELD_ELSEWHERE, {"ids": sorted(stripe_customers)}).fetchall()
+    return {stripe_customer for (stripe_customer,) in rows}
 
 
 def _busy_customers(conn: psycopg.Connection, stripe_customers: set[str]) -> set[str]:

@@ -166,17 +166,7 @@ class DrainWorker:
 
     def cycle(self) -> bool:
         """One batch and the pending link requests; whether more may be waiting."""
-        with self._lock:
-            conn = self._connection()
-            applied = self._drain_batch(conn)
-            links = application_links.apply_pending(
-                conn,
-                self._rules.entitled_statuses,
-                limit=LINK_REQUESTS_PER_CYCLE,
-                lock_timeout_ms=self._rules.lock_timeout_ms,
-            )
-        if applied:
-            self._on_applied(applied)
+        applied, links, _ = self._round()
         return len(applied) == self._batch_size or links == LINK_REQUESTS_PER_CYCLE
 
     def until_empty(self, timeout: float = 60.0) -> int:
@@ -188,18 +178,38 @@ class DrainWorker:
         total = 0
         deadline = time.monotonic() + timeout
         while True:
-            with self._lock:
-                conn = self._connection()
-                applied = self._drain_batch(conn)
-                links = application_links.apply_pending(conn, self._rules.entitled_statuses)
-                waiting = not applied and queued(conn)
-            if applied:
-                self._on_applied(applied)
+            applied, links, waiting = self._round(look_at_queue=True)
             total += len(applied)
             if not applied and not links and not waiting:
                 return total
             if time.monotonic() > deadline:
                 raise ProjectError(f"events are still queued after {timeout:g}s")
+
+    def _round(self, *, look_at_queue: bool = False) -> tuple[list[Applied], int, bool]:
+        """A batch, then the pending link requests: what was applied, how many requests
+        were settled, and (with `look_at_queue`, when nothing was applied) whether events
+        still wait. The batch has committed before the requests are tried: its events are
+        logged and counted even when the requests fail."""
+        applied: list[Applied] = []
+        try:
+            with self._lock:
+                conn = self._connection()
+                applied = self._drain_batch(conn)
+                links = self._apply_link_requests(conn)
+                waiting = look_at_queue and not applied and queued(conn)
+        finally:
+            if applied:
+                self._on_applied(applied)
+        return applied, links, waiting
+
+    def _apply_link_requests(self, conn: psycopg.Connection) -> int:
+        """Up to LINK_REQUESTS_PER_CYCLE pending link requests, within the lock timeout."""
+        return application_links.apply_pending(
+            conn,
+            self._rules.entitled_statuses,
+            limit=LINK_REQUESTS_PER_CYCLE,
+            lock_timeout_ms=self._rules.lock_timeout_ms,
+        )
 
     def _drain_batch(self, conn: psycopg.Connection) -> list[Applied]:
         # drain_batch only looks entries up, which is safe while wake() adds some.

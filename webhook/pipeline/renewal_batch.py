@@ -116,7 +116,8 @@ def _after(renewal: Renewal, last: datetime | None) -> bool:
 
 
 def _owners(conn: psycopg.Connection, stripe_customers: list[str]) -> dict[str | None, uuid.UUID]:
-    """Take each Stripe customer's lock (held already in a drain) and find its owner."""
+    """Take each Stripe customer's lock (held already in a drain) and find its owner; a
+    Stripe customer deleted in Stripe (its link kept without an owner) has none."""
     if not stripe_customers:
         return {}
     conn.execute(
@@ -127,7 +128,7 @@ def _owners(conn: psycopg.Connection, stripe_customers: list[str]) -> dict[str |
     return dict(
         conn.execute(
             "select stripe_customer_id, customer_uuid from webhook_private.customer_links"
-            " where stripe_customer_id = any(%s)",
+            " where stripe_customer_id = any(%s) and customer_uuid is not null",
             (stripe_customers,),
         ).fetchall()
     )

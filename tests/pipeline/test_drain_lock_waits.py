@@ -1,0 +1,265 @@
+"""The drain and locks held elsewhere: a customer row the application holds, a handler
+that waits in vain, two drains that would deadlock. In each case the events concerned stay
+queued, the rest of the batch is applied, and the end result is the in-order one.
+
+Also two faults found beside them: renewals of a deleted and a linked Stripe customer in
+one batch, and applied events reported even when the link requests after them fail.
+"""
+
+import logging
+import threading
+import uuid
+
+import psycopg
+import pytest
+from stripe_events import MONTH, Delivery, EventFactory
+
+from webhook.core.config import DEFAULT_ENTITLED_STATUSES
+from webhook.pipeline import drain as drain_module
+from webhook.pipeline import inbox
+from webhook.pipeline.drain import drain_batch, drain_until_empty, queued
+from webhook.pipeline.drain_worker import DrainWorker
+from webhook.pipeline.processor import ProcessingRules, process_delivery
+from webhook.stripe.payloads import parse_event
+
+RULES = ProcessingRules(entitled_statuses=frozenset(DEFAULT_ENTITLED_STATUSES))
+FIRST, SECOND = uuid.UUID(int=1), uuid.UUID(int=2)
+
+
+def prepare(*databases: psycopg.Connection) -> None:
+    """The same plans and the two users in each database."""
+    for db in databases:
+        db.execute(
+            "insert into public.plans (name, price, resources, stripe_price_id) values"
+            " ('Basic', 9.99, '{\"api_calls\": 1000}', 'price_basic'),"
+            " ('Pro', 19.99, '{\"api_calls\": 5000}', 'price_pro')"
+        )
+        for user in (FIRST, SECOND):
+            db.execute(
+                "insert into auth.users (id, email) values (%s, %s)", (user, f"{user.hex}@x.test")
+            )
+
+
+def state(db: psycopg.Connection) -> dict[str, list[tuple]]:
+    """What the events decide: plans, resources, links and the mirror."""
+    queries = {
+        "customers": "select uuid, plan_id, remaining_resources from public.customer order by uuid",
+        "links": "select stripe_customer_id, customer_uuid from webhook_private.customer_links order by 1",
+        "mirror": "select id, status, price_ids from webhook_private.subscriptions order by id",
+    }
+    return {name: db.execute(query).fetchall() for name, query in queries.items()}
+
+
+def event_of(delivery: Delivery):
+    return parse_event(delivery.event, delivery.body.decode())
+
+
+def apply_in_order(conn: psycopg.Connection, deliveries: list[Delivery]) -> None:
+    for delivery in deliveries:
+        process_delivery(conn, event_of(delivery), RULES)
+
+
+def statuses(conn: psycopg.Connection, deliveries: list[Delivery]) -> list[str]:
+    rows = dict(
+        conn.execute(
+            "select id, status from webhook_private.events where id = any(%s)",
+            ([d.id for d in deliveries],),
+        ).fetchall()
+    )
+    return [rows[d.id] for d in deliveries]
+
+
+def with_rules(lock_timeout_ms: int) -> ProcessingRules:
+    return ProcessingRules(
+        entitled_statuses=RULES.entitled_statuses, lock_timeout_ms=lock_timeout_ms
+    )
+
+
+def subscribed(f: EventFactory, user, stripe_customer: str, price: str) -> list[Delivery]:
+    return [
+        f.checkout_completed(customer=stripe_customer, subscription=None, client_reference_id=str(user)),
+        f.subscription("customer.subscription.created", sub_id=f"sub_{stripe_customer}",
+                       customer=stripe_customer, status="active", price_ids=[price]),
+    ]  # fmt: skip
+
+
+def test_a_customer_row_held_elsewhere_leaves_its_events_queued_without_waiting(
+    db_url, conn, twin
+) -> None:
+    prepare(conn, twin)
+    f = EventFactory()
+    setup = subscribed(f, FIRST, "cus_held", "price_basic") + subscribed(
+        f, SECOND, "cus_free", "price_basic"
+    )
+    apply_in_order(conn, setup)
+    later = [
+        f.subscription("customer.subscription.updated", sub_id="sub_cus_held", customer="cus_held",
+                       status="active", price_ids=["price_pro"]),
+        f.subscription("customer.subscription.updated", sub_id="sub_cus_free", customer="cus_free",
+                       status="active", price_ids=["price_pro"]),
+    ]  # fmt: skip
+    for delivery in later:
+        inbox.receive(conn, event_of(delivery))
+    # A lock timeout far longer than the test may take: the drain must not wait at all.
+    patient = with_rules(lock_timeout_ms=60_000)
+    applied: list[str] = []
+    with psycopg.connect(db_url) as app:  # the application, in a transaction of its own
+        app.execute("select from public.customer where uuid = %s for update", (FIRST,))
+        drain = threading.Thread(
+            target=lambda: applied.extend(a.event_id for a in drain_batch(conn, patient))
+        )
+        drain.start()
+        drain.join(timeout=20)
+        assert not drain.is_alive(), "the drain waited for the held row"
+        assert applied == [later[1].id]
+        assert statuses(conn, later) == ["received", "processed"]
+    assert [a.event_id for a in drain_batch(conn, patient)] == [later[0].id]
+    assert not queued(conn)
+    apply_in_order(twin, setup + later)
+    assert state(conn) == state(twin)
+
+
+def test_a_handler_that_waits_in_vain_leaves_its_event_queued_and_the_batch_goes_on(
+    db_url, conn, plans, make_user
+) -> None:
+    # A checkout linking a new Stripe customer: its customer's row is not known before the
+    # handler runs, so the handler waits for it, until the lock timeout.
+    slow_user, other_user = make_user(), make_user()
+    f = EventFactory()
+    blocked = f.checkout_completed(customer="cus_slow", subscription=None,
+                                   client_reference_id=str(slow_user))  # fmt: skip
+    also_blocked = f.customer("customer.updated", customer_id="cus_slow")
+    behind = [
+        f.checkout_completed(customer=f"cus_{n}", subscription=None,
+                             client_reference_id=str(other_user))
+        for n in range(3)
+    ]  # fmt: skip
+    deliveries = [blocked, also_blocked, *behind]
+    for delivery in deliveries:
+        inbox.receive(conn, event_of(delivery))
+    impatient = with_rules(lock_timeout_ms=200)
+    with psycopg.connect(db_url) as app:
+        app.execute("select from public.customer where uuid = %s for update", (slow_user,))
+        applied = drain_batch(conn, impatient)
+        # Its Stripe customer's other event stays queued with it, without a second wait.
+        assert sorted(a.event_id for a in applied) == sorted(d.id for d in behind)
+        assert statuses(conn, deliveries) == ["received", "received"] + ["processed"] * 3
+    assert drain_until_empty(conn, impatient) == 2
+    assert statuses(conn, deliveries) == ["processed", "ignored"] + ["processed"] * 3
+    assert conn.execute(
+        "select customer_uuid from webhook_private.customer_links"
+        " where stripe_customer_id = 'cus_slow'"
+    ).fetchone() == (slow_user,)
+
+
+def test_two_drains_that_would_deadlock_leave_one_event_queued_instead(
+    db_url, conn, twin, monkeypatch
+) -> None:
+    # Two customers, each with a Stripe customer; each drain holds one customer's row for a
+    # subscription event, then links a new Stripe customer to the other customer.
+    prepare(conn, twin)
+    first, second = FIRST, SECOND
+    f = EventFactory()
+    setup = subscribed(f, first, "cus_a", "price_basic") + subscribed(
+        f, second, "cus_b", "price_basic"
+    )
+    apply_in_order(conn, setup)
+    by_a = [
+        f.subscription("customer.subscription.updated", sub_id="sub_cus_b", customer="cus_b",
+                       status="active", price_ids=["price_pro"]),
+        f.customer("customer.updated", customer_id="cus_c", metadata={"customer_uuid": str(first)}),
+    ]  # fmt: skip
+    by_b = [
+        f.subscription("customer.subscription.updated", sub_id="sub_cus_a", customer="cus_a",
+                       status="active", price_ids=["price_pro"]),
+        f.customer("customer.updated", customer_id="cus_d", metadata={"customer_uuid": str(second)}),
+    ]  # fmt: skip
+    for delivery in by_a + by_b:
+        inbox.receive(conn, event_of(delivery))
+    # Both drains reach their one-by-one events holding their subscription event's row.
+    barrier = threading.Barrier(2, timeout=10)
+    real_apply_one = drain_module._apply_one
+    arrived: set[int] = set()
+
+    def apply_one_together(c, event, rules):
+        if threading.get_ident() not in arrived:
+            arrived.add(threading.get_ident())
+            barrier.wait()
+        return real_apply_one(c, event, rules)
+
+    monkeypatch.setattr(drain_module, "_apply_one", apply_one_together)
+    outcomes: dict[str, object] = {}
+
+    def run(name: str, deliveries: list[Delivery]) -> None:
+        with psycopg.connect(db_url, autocommit=True) as own:
+            try:
+                outcomes[name] = len(drain_batch(own, RULES, only=[d.id for d in deliveries]))
+            except psycopg.Error as exc:
+                outcomes[name] = type(exc).__name__
+
+    drains = [
+        threading.Thread(target=run, args=("a", by_a)),
+        threading.Thread(target=run, args=("b", by_b)),
+    ]
+    for drain in drains:
+        drain.start()
+    for drain in drains:
+        drain.join(30)
+    # One of them was chosen to break the deadlock: that event alone stayed queued.
+    assert sorted(outcomes.values()) == [1, 2], outcomes
+    monkeypatch.setattr(drain_module, "_apply_one", real_apply_one)
+    assert drain_until_empty(conn, RULES) == 1
+    apply_in_order(twin, setup + by_a + by_b)
+    assert state(conn) == state(twin)
+
+
+def test_renewals_of_a_deleted_and_a_linked_stripe_customer_in_one_batch(
+    conn, plans, make_user, caplog
+) -> None:
+    user = make_user()
+    f = EventFactory()
+    start = f.clock
+    apply_in_order(conn, [
+        *subscribed(f, user, "cus_a", "price_pro"),
+        f.customer("customer.deleted", customer_id="cus_b"),  # its link stays, with no owner
+    ])  # fmt: skip
+    renewals = [
+        f.invoice("invoice.paid", invoice_id=f"in_{c}", customer=c, subscription=f"sub_{c}",
+                  price_ids=["price_pro"], period_start=start + MONTH,
+                  period_end=start + 2 * MONTH, created=start + MONTH)
+        for c in ("cus_a", "cus_b")
+    ]  # fmt: skip
+    for delivery in renewals:
+        inbox.receive(conn, event_of(delivery))
+    with caplog.at_level(logging.ERROR, logger="webhook.pipeline.drain"):
+        applied = {a.event_id: a.outcome.status for a in drain_batch(conn, RULES)}
+    assert applied == {renewals[0].id: "processed", renewals[1].id: "ignored"}
+    assert "renewal batch failed" not in caplog.text
+
+
+def test_events_a_cycle_applied_are_reported_even_if_its_link_requests_time_out(
+    db_url, conn, plans, make_user, factory
+) -> None:
+    user = make_user()
+    # The application names a Stripe customer: a link request the drain settles after its batch.
+    conn.execute(
+        "update public.customer set stripe_customer_id = 'cus_app' where uuid = %s", (user,)
+    )
+    inbox.receive(conn, event_of(factory.other("charge.succeeded")))
+    reported: list[str] = []
+    worker = DrainWorker(
+        db_url,
+        with_rules(lock_timeout_ms=200),
+        on_applied=lambda a: reported.extend(e.event_id for e in a),
+    )
+    try:
+        with psycopg.connect(db_url) as holder:
+            holder.execute(
+                "select pg_advisory_xact_lock(hashtextextended('stripe-customer:cus_app', 0))"
+            )
+            with pytest.raises(psycopg.errors.LockNotAvailable):
+                worker.cycle()
+    finally:
+        worker.stop()
+    assert not queued(conn)  # the batch committed ...
+    assert len(reported) == 1  # ... and was logged and counted
