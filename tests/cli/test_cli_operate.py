@@ -172,6 +172,35 @@ def test_events_rejects_bad_filters(db_url, args) -> None:
     assert args[0] in line
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["events", "--since", "99999999d"],
+        ["purge", "--older-than", "3000000d"],
+        ["purge", "--older-than", "99999999999d"],
+        ["sync", "--events", "--since", "99999999999d"],
+    ],
+)
+def test_a_duration_beyond_a_century_is_refused_in_one_line(db_url, args) -> None:
+    line = fails(run(db_url, *args), code=2)
+    assert "at most 36500d" in line
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["events"],
+        ["events", "show", "evt_1"],
+        ["reconcile"],
+        ["purge", "--older-than", "1d"],
+        ["customer", str(uuid.UUID(int=7))],
+    ],
+)
+def test_commands_on_a_database_without_the_schema_say_to_migrate(empty_db_url, args) -> None:
+    line = fails(run(empty_db_url, *args))
+    assert "lacks this version's schema" in line and "python -m webhook migrate" in line
+
+
 def test_a_bad_since_names_the_accepted_form(db_url) -> None:
     line = fails(run(db_url, "events", "--since", "soon"), code=2)
     assert "'soon'" in line

@@ -295,6 +295,19 @@ def test_trigger_lifecycle_against_a_running_server(
     assert stored == 7
 
 
+def test_trigger_sends_new_events_each_time_it_runs(
+    conn, plans, make_user, served, tmp_path
+) -> None:
+    _, port = served
+    customer = make_user()
+    for _ in range(2):
+        result = trigger_lifecycle(port, customer, tmp_path, "--price", "price_pro")
+        assert result.returncode == 0, (result.stdout, result.stderr)
+        assert '"duplicate":true' not in result.stdout.replace(" ", ""), result.stdout
+    stored = conn.execute("select count(distinct id) from webhook_private.events").fetchone()[0]
+    assert stored == 14
+
+
 def test_trigger_sends_a_price_that_only_its_product_maps_to_a_plan(
     conn, plans, make_user, served, tmp_path
 ) -> None:
@@ -360,6 +373,13 @@ def test_trigger_rejects_a_bad_customer(tmp_path) -> None:
     line = one_line_error(result, 2)
     assert "--customer" in line
     assert "not-a-uuid" in line
+
+
+def test_trigger_rejects_a_url_that_is_not_http(tmp_path) -> None:
+    result = cli("trigger", "lifecycle", "--url", "not-a-url", cwd=tmp_path,
+                 env=base_env(STRIPE_WEBHOOK_SECRET=SECRET))  # fmt: skip
+    line = one_line_error(result, 2)
+    assert "--url" in line and "not-a-url" in line
 
 
 def test_trigger_without_any_secret_says_how_to_get_one(tmp_path) -> None:

@@ -7,7 +7,6 @@ and through the ASGI edge that gunicorn runs in production.
 import io
 import json
 import logging
-import socket
 import threading
 import time
 
@@ -229,14 +228,8 @@ def test_an_unknown_path_gets_a_json_404(client) -> None:
     assert response.get_json() == {"error": "not found"}
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_an_unreachable_database_gets_503_so_stripe_retries(factory, serve) -> None:
-    url = f"postgresql://nobody:secret@127.0.0.1:{_closed_port()}/nothing"
+    url = f"postgresql://nobody:secret@127.0.0.1:{closed_port()}/nothing"
     app = build_app(url, DB_POOL_TIMEOUT="0.5", DB_POOL_MIN_SIZE="0")
     try:
         client = serve(app)
@@ -248,6 +241,27 @@ def test_an_unreachable_database_gets_503_so_stripe_retries(factory, serve) -> N
         ready = client.get("/readyz")
         assert ready.status_code == 503
         assert "secret" not in json.dumps(ready.get_json())
+    finally:
+        app.extensions["webhook"].close()
+
+
+@pytest.mark.parametrize("apply_mode", ["queued", "inline"])
+def test_a_database_without_the_schema_gets_503_so_stripe_retries(
+    empty_db_url, factory, serve, apply_mode
+) -> None:
+    # A new version started before `migrate` ran (no release step): not an internal error.
+    app = build_app(empty_db_url, WEBHOOK_APPLY=apply_mode)
+    try:
+        client = serve(app)
+        response = StripeSender(client, drain=False).send(factory.other())
+        assert response.status_code == 503, response.get_json()
+        assert response.get_json() == {"error": "database unavailable, retry later"}
+        assert response.headers["Retry-After"]
+        metrics = client.get("/metrics")  # still served, without the inbox's figures
+        assert metrics.status_code == 200 and b"webhook_inbox_events{" not in metrics.data
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.get_json()["reason"].startswith("migrations pending: 001_core.sql")
     finally:
         app.extensions["webhook"].close()
 

@@ -11,18 +11,28 @@ webhook.core, webhook.fixtures.
 from typing import Any
 
 import click
+import psycopg
 
 from webhook.core.errors import ProjectError
+from webhook.database.connect import first_line
+from webhook.database.migrations import SCHEMA_MISSING
 
 
 class _Group(click.Group):
-    """A click group that shows ProjectError as a one-line error."""
+    """A click group that shows ProjectError, and any database error, as a one-line error."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except ProjectError as exc:
             raise click.ClickException(str(exc)) from None
+        except SCHEMA_MISSING as exc:
+            raise click.ClickException(
+                f"the database lacks this version's schema ({first_line(exc)});"
+                " run `python -m webhook migrate` first"
+            ) from None
+        except psycopg.Error as exc:  # the server's own words, first line only (no DETAIL)
+            raise click.ClickException(f"database error: {first_line(exc)}") from None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

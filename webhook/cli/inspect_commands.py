@@ -24,13 +24,22 @@ PURGE_BATCH = 5000
 LAG_WARNING_SECONDS = 60
 
 
+# The longest duration accepted: a century reaches back past any event Stripe sent, and
+# stays far inside what timestamps (Python's and PostgreSQL's) can go back by.
+LONGEST_DURATION = timedelta(days=36_500)
+
+
 def parse_duration(text: str) -> timedelta:
-    """'90d', '1h', '30m', '2w', '45s' as a timedelta; ProjectError otherwise."""
+    """'90d', '1h', '30m', '2w', '45s' as a timedelta, up to LONGEST_DURATION;
+    ProjectError otherwise."""
     match = _DURATION.match(text or "")
     if not match or int(match[1]) == 0:
         raise ProjectError(
             f"bad duration {text!r}: use a positive number and a unit, like 30m, 1h, 90d, 2w"
         )
+    seconds_each = timedelta(**{_UNITS[match[2]]: 1}).total_seconds()
+    if int(match[1]) * seconds_each > LONGEST_DURATION.total_seconds():
+        raise ProjectError(f"bad duration {text!r}: at most {LONGEST_DURATION.days}d")
     return timedelta(**{_UNITS[match[2]]: int(match[1])})
 
 

@@ -10,6 +10,7 @@ APPLY_WAIT_SECONDS) until its drain has applied them, and prints each outcome.
 
 import json
 import os
+import secrets
 import time
 import urllib.error
 import urllib.request
@@ -74,6 +75,8 @@ def trigger(
     api_version: str,
 ) -> None:
     """Post a signed EVENT_TYPE (or `lifecycle`: sign-up, renewal, cancel) to URL."""
+    if not url.startswith(("http://", "https://")):
+        raise click.BadParameter(f"{url!r} is not an http(s) URL", param_hint="'--url'")
     try:
         customer = uuid.UUID(customer_uuid)
     except ValueError:
@@ -154,7 +157,9 @@ class _TriggerEvents:
         self.price = price
         self.stripe_customer = f"cus_dev_{customer.hex[:14]}"
         self.subscription = f"sub_dev_{customer.hex[:14]}"
-        self.factory = EventFactory(api_version, start=int(time.time()))
+        # A seed of its own each run: ids from a fixed seed would repeat those of the run
+        # before, and the service would answer each event as a duplicate of that one.
+        self.factory = EventFactory(api_version, start=int(time.time()), seed=secrets.randbits(64))
         if product:
             self.factory.known_price(price, product=product)
 

@@ -28,6 +28,15 @@ MIGRATION_FILE = re.compile(r"^(?P<version>\d{3})_(?P<name>[\w-]+)\.sql$")
 # An arbitrary constant shared by every process that migrates this schema.
 ADVISORY_LOCK_KEY = 4_271_552_901
 
+# What a database without this version's migrations answers a statement: a table, column,
+# function or schema the code relies on is not there (yet).
+SCHEMA_MISSING = (
+    psycopg.errors.UndefinedTable,
+    psycopg.errors.UndefinedColumn,
+    psycopg.errors.UndefinedFunction,
+    psycopg.errors.InvalidSchemaName,
+)
+
 
 @dataclass(frozen=True)
 class Migration:

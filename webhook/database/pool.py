@@ -18,6 +18,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from webhook.core.errors import DatabaseUnavailable
 from webhook.database.connect import dead_peer_options, first_line, mask_url
+from webhook.database.migrations import SCHEMA_MISSING
 
 T = TypeVar("T")
 
@@ -73,6 +74,12 @@ class Database:
             ) from None
         except psycopg.OperationalError as exc:
             raise DatabaseUnavailable(f"database error: {first_line(exc)}") from None
+        except SCHEMA_MISSING as exc:
+            # Started before its migrations ran: unavailable until they do (503, and
+            # Stripe sends the event again), not an error of the event.
+            raise DatabaseUnavailable(
+                f"the database lacks this version's schema ({first_line(exc)}); run migrations"
+            ) from None
 
     def run(self, work: Callable[[psycopg.Connection], T]) -> T:
         """Run `work` on a pooled connection, once more on a fresh one if the first was dead.
