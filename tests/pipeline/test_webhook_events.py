@@ -89,6 +89,22 @@ def test_checkout_falls_back_to_metadata_customer_uuid(conn, plans, user, stripe
     assert customer_state(conn, user)["stripe_customer_id"] == "cus_9"
 
 
+@pytest.mark.parametrize(
+    ("reference", "problem"),
+    [(None, "is missing"), ("gina@example.com", "is not a customer uuid")],
+)
+def test_a_checkout_without_a_usable_reference_fails_saying_which(
+    conn, plans, stripe, factory, reference, problem
+) -> None:
+    delivery = factory.checkout_completed(customer="cus_9", subscription=None,
+                                          client_reference_id=reference)  # fmt: skip
+    stripe.send_all([delivery])
+    status, error = event_status(conn, delivery.id)
+    assert status == "failed"
+    assert error.startswith(f"checkout session's customer reference {problem}: ")
+    assert "gina" not in error  # the reference is never quoted: it may be an e-mail address
+
+
 def test_async_payment_succeeded_links_too(conn, plans, user, stripe, factory) -> None:
     delivery = factory.checkout_completed(
         customer="cus_9", subscription=None, client_reference_id=str(user), async_event=True

@@ -208,14 +208,23 @@ def test_the_procfile_web_line_serves_and_stops_gracefully(
     assert SECRET not in server.output()
 
 
-def test_an_unknown_worker_class_stops_the_web_line_with_one_line(db_url, tmp_path) -> None:
-    env = platform_env(
-        PORT=str(free_port()),
-        HOST=HOST,
-        DATABASE_URL=db_url,
-        STRIPE_WEBHOOK_SECRET=SECRET,
-        WEB_WORKER_CLASS="gevent",
-    )
+@pytest.mark.parametrize(
+    ("setting", "reason"),
+    [
+        ({"WEB_WORKER_CLASS": "gevent"}, "WEB_WORKER_CLASS must be asgi or gthread, got 'gevent'"),
+        ({"WEB_CONCURRENCY": "0"}, "WEB_CONCURRENCY must be at least 1, got 0"),
+        ({"STRIPE_WEBHOOK_SECRET": None}, "STRIPE_WEBHOOK_SECRET is not set"),
+        ({"WEB_STORE_TIMEOUT_MS": "5"}, "WEB_STORE_TIMEOUT_MS must be at least 100"),
+    ],
+)
+def test_a_bad_setting_stops_the_web_line_with_one_line(db_url, setting, reason) -> None:
+    base = {
+        "PORT": str(free_port()),
+        "HOST": HOST,
+        "DATABASE_URL": db_url,
+        "STRIPE_WEBHOOK_SECRET": SECRET,
+    }
+    env = platform_env(**{**base, **setting})
     done = subprocess.run(
         ["bash", "-c", procfile()["web"]],
         cwd=ROOT,
@@ -226,8 +235,19 @@ def test_an_unknown_worker_class_stops_the_web_line_with_one_line(db_url, tmp_pa
     )
     assert done.returncode != 0
     output = done.stdout + done.stderr
-    assert "WEB_WORKER_CLASS must be asgi or gthread, got 'gevent'" in output
-    assert "Traceback" not in output
+    assert reason in output
+    assert "Traceback" not in output and "Worker failed to boot" not in output
+
+
+def test_a_bad_web_concurrency_concerns_serving_only(db_url, tmp_path) -> None:
+    env = base_env(STRIPE_WEBHOOK_SECRET=SECRET, WEB_CONCURRENCY="abc")
+    listed = cli("--database-url", db_url, "events", cwd=tmp_path, env=env)
+    assert listed.returncode == 0, listed.stderr
+    refused = cli(
+        "--database-url", db_url, "serve", "--port", str(free_port()), cwd=tmp_path, env=env
+    )
+    line = one_line_error(refused, 1)
+    assert "WEB_CONCURRENCY must be a whole number, got 'abc'" in line
 
 
 # --- serve and trigger with a configured database -----------------------------------------
@@ -478,6 +498,16 @@ def test_development_mode_end_to_end(project_dir, tmp_path, request) -> None:
     shown = cli("customer", DEMO_CUSTOMER, cwd=project_dir, env=env)
     assert shown.returncode == 0, (shown.stdout, shown.stderr)
     assert shown.stdout.splitlines()[0].split()[:2] == ["plan:", "Pro"], shown.stdout
+
+    # doctor takes the development secret for the missing signing secret, and still checks
+    # every other setting as the web process would.
+    healthy = cli("doctor", cwd=project_dir, env=env)
+    assert "ok   configuration: development secret in ./.dev-secret" in healthy.stdout, (
+        healthy.stdout
+    )
+    misset = cli("doctor", cwd=project_dir, env={**env, "WEB_STORE_TIMEOUT_MS": "5"})
+    assert misset.returncode == 1, (misset.stdout, misset.stderr)
+    assert "FIX  configuration: WEB_STORE_TIMEOUT_MS must be at least 100" in misset.stdout
 
     # Ctrl-C: gunicorn stops, then the exit handlers stop the embedded PostgreSQL.
     assert stopped_by(server, signal.SIGINT) == 0

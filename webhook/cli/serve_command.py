@@ -8,50 +8,18 @@ gunicorn and then, from the exit handlers, the embedded PostgreSQL.
 """
 
 import os
-from typing import Any
 
 import click
-from flask import Flask
-from gunicorn.app.base import BaseApplication
 
 from webhook.cli import cli
 from webhook.cli.devsecret import dev_secret
-from webhook.core.config import load_settings
+from webhook.core.config import load_settings, web_concurrency
 from webhook.database import migrations
 from webhook.database.connect import connect, mask_url
 from webhook.database.embedded import DEFAULT_PGDATA, embedded_database_url
 
 DEMO_CUSTOMER = "00000000-0000-4000-8000-00000000d3e0"
 DEMO_EMAIL = "demo@example.test"
-
-
-class _Gunicorn(BaseApplication):
-    """gunicorn run in-process with the project's config module and the app factory."""
-
-    def __init__(self, options: dict[str, Any]) -> None:
-        self.options = options
-        super().__init__()
-
-    def load_config(self) -> None:
-        from webhook.web import gunicorn_config
-
-        for key in ("worker_class", "threads", "timeout", "graceful_timeout", "keepalive",
-                    "control_socket_disable"):  # fmt: skip
-            self.cfg.set(key, getattr(gunicorn_config, key))
-        self.cfg.set("accesslog", gunicorn_config.accesslog)
-        self.cfg.set("access_log_format", gunicorn_config.access_log_format)
-        self.cfg.set("child_exit", gunicorn_config.child_exit)
-        self.cfg.set("post_worker_init", gunicorn_config.post_worker_init)
-        self.cfg.set("worker_exit", gunicorn_config.worker_exit)
-        self.cfg.set("on_starting", gunicorn_config.on_starting)
-        self.cfg.set("on_exit", gunicorn_config.on_exit)
-        for key, value in self.options.items():
-            self.cfg.set(key, value)
-
-    def load(self) -> Flask:
-        from webhook.web.app import create_app
-
-        return create_app()
 
 
 @cli.command()
@@ -75,8 +43,10 @@ def serve(ctx: click.Context, host: str, port: int, workers: int | None) -> None
     os.environ["DATABASE_URL"] = url
     load_settings()  # refuse to start on bad configuration, before forking workers
     _banner(url, host, port, development)
-    worker_count = workers or int(os.environ.get("WEB_CONCURRENCY", "2"))
-    _Gunicorn({"bind": f"{host}:{port}", "workers": worker_count}).run()
+    worker_count = workers or web_concurrency(os.environ)
+    from webhook.web.gunicorn_app import GunicornServer
+
+    GunicornServer({"bind": f"{host}:{port}", "workers": worker_count}).run()
 
 
 def _prepare_development_database(url: str) -> None:

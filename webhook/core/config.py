@@ -122,6 +122,11 @@ def load_settings(
 TRANSACTION_POOLER_PORT = 6543
 
 
+def web_concurrency(env: Mapping[str, str]) -> int:
+    """Web workers per instance: WEB_CONCURRENCY (what Heroku-style platforms set), else 2."""
+    return _int(env, "WEB_CONCURRENCY", 2, minimum=1)
+
+
 def use_prepared_statements(setting: bool | None, database_url: str) -> bool:
     """Whether to let psycopg prepare statements on connections to `database_url`.
 

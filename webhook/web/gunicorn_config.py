@@ -16,12 +16,18 @@ import shutil
 import sys
 import tempfile
 
+from webhook.core.config import load_settings, web_concurrency
+from webhook.core.errors import ConfigError
+
 _made_metrics_dir: str | None = None
 
 WORKER_CLASSES = ("asgi", "gthread")
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+try:
+    workers = web_concurrency(os.environ)
+except ConfigError as exc:
+    sys.exit(str(exc))
 worker_class = os.environ.get("WEB_WORKER_CLASS", "").strip().lower() or WORKER_CLASSES[0]
 if worker_class not in WORKER_CLASSES:
     sys.exit(f"WEB_WORKER_CLASS must be {' or '.join(WORKER_CLASSES)}, got {worker_class!r}")
@@ -45,11 +51,17 @@ access_log_format = '{"log":"access","method":"%(m)s","path":"%(U)s","status":%(
 
 
 def on_starting(server) -> None:
-    """Give the workers a shared metrics folder, in the master, before any worker forks.
+    """Check the configuration, and give the workers a shared metrics folder, in the
+    master, before any worker forks.
 
-    Workers are separate processes: prometheus_client adds their counts up through files
-    in this folder.
+    A configuration the app would refuse stops the master here with its one-line reason,
+    rather than every worker with a traceback. Workers are separate processes:
+    prometheus_client adds their counts up through files in the shared folder.
     """
+    try:
+        load_settings()
+    except ConfigError as exc:
+        sys.exit(f"Error: {exc}")
     global _made_metrics_dir
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         _made_metrics_dir = tempfile.mkdtemp(prefix="webhook-metrics-")

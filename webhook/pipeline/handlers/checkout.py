@@ -16,10 +16,17 @@ def handle_checkout(ctx: Context) -> Outcome:
     if session.get("mode") != "subscription":
         return Outcome.ignored()
     metadata = session.get("metadata") if isinstance(session.get("metadata"), dict) else {}
-    customer = customer_uuid_from(session.get("client_reference_id"), metadata.get("customer_uuid"))
+    references = (session.get("client_reference_id"), metadata.get("customer_uuid"))
+    customer = customer_uuid_from(*references)
     if customer is None:
+        # The reference itself is not quoted: it may be anything, an e-mail address too.
+        problem = (
+            "is not a customer uuid"
+            if any(isinstance(r, str) and r.strip() for r in references)
+            else "is missing"
+        )
         raise ApplyError(
-            "checkout session has no customer reference: set client_reference_id (or"
+            f"checkout session's customer reference {problem}: set client_reference_id (or"
             " metadata.customer_uuid) to the customer's uuid when creating the session"
         )
     stripe_customer = expandable_id(session.get("customer"))
