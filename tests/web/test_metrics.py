@@ -1,7 +1,9 @@
 """GET /metrics: Prometheus text with event, signature and inbox figures."""
 
 import re
+import threading
 
+import psycopg
 from stripe_events import sign
 from webhook_support import SECRET, StripeSender
 
@@ -64,6 +66,28 @@ def test_the_oldest_failed_event_age_comes_from_the_inbox(
     assert value(text, "webhook_inbox_events", status="failed") == 1
     assert "webhook_db_pool_connections_in_use" in text
     assert SECRET not in text
+
+
+def test_monitors_give_up_in_time_while_a_migration_holds_the_inbox(db_url, client) -> None:
+    """A migration holding the inbox must not keep /readyz and /metrics (and with them the
+    pool's connections) waiting for as long as it runs."""
+    answers: dict[str, object] = {}
+
+    def probe() -> None:
+        answers["ready"] = client.get("/readyz")
+        answers["metrics"] = client.get("/metrics")
+
+    with psycopg.connect(db_url) as migration:
+        migration.execute("lock table webhook_private.events in access exclusive mode")
+        prober = threading.Thread(target=probe)
+        prober.start()
+        prober.join(timeout=30)
+        assert not prober.is_alive(), "the monitors waited for the migration"
+    ready, metrics = answers["ready"], answers["metrics"]
+    assert ready.status_code == 503
+    assert ready.get_json() == {"status": "unavailable", "reason": "database unavailable"}
+    assert metrics.status_code == 200 and b"webhook_inbox_events{" not in metrics.data
+    assert client.get("/readyz").status_code == 200  # the migration is over
 
 
 def test_the_queue_is_seen_in_metrics_and_readyz(conn, app, client, factory) -> None:

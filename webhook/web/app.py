@@ -120,7 +120,7 @@ def _register_routes(app: Flask, service: Service) -> None:
     @app.get("/readyz")
     def readiness() -> tuple[Response, int]:
         try:
-            with service.database.connection(timeout=READINESS_TIMEOUT_SECONDS) as conn:
+            with service.database.briefly(READINESS_TIMEOUT_SECONDS) as conn:
                 waiting = [m.path.name for m in migrations.pending(conn)]
                 lag = metrics.queue_lag_seconds(conn) if not waiting else 0.0
         except DatabaseUnavailable as exc:

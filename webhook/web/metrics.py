@@ -75,7 +75,7 @@ class _InboxCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         try:
-            with self.database.connection(timeout=2.0) as conn:
+            with self.database.briefly(2.0) as conn:
                 oldest = conn.execute(
                     "select coalesce(extract(epoch from now() - min(received_at)), 0)"
                     " from webhook_private.events where status = 'failed'"
