@@ -152,6 +152,25 @@ def test_a_handler_that_waits_in_vain_leaves_its_event_queued_and_the_batch_goes
     ).fetchone() == (slow_user,)
 
 
+def test_a_full_claim_of_busy_customers_does_not_hide_the_events_behind_it(
+    db_url, conn, factory
+) -> None:
+    busy = [factory.customer("customer.updated", customer_id="cus_busy") for _ in range(4)]
+    free = factory.customer("customer.updated", customer_id="cus_free")
+    for delivery in [*busy, free]:
+        inbox.receive(conn, event_of(delivery))
+    with psycopg.connect(db_url) as holder:
+        holder.execute(
+            "select pg_advisory_xact_lock(hashtextextended('stripe-customer:cus_busy', 0))"
+        )
+        # The queue's head is a whole batch (and more) of the busy customer's events.
+        applied = drain_batch(conn, RULES, limit=2)
+        assert [a.event_id for a in applied] == [free.id]
+        assert statuses(conn, busy) == ["received"] * 4
+    assert drain_until_empty(conn, RULES, limit=2) == 4
+    assert statuses(conn, busy) == ["ignored"] * 4
+
+
 def test_two_drains_that_would_deadlock_leave_one_event_queued_instead(
     db_url, conn, twin, monkeypatch
 ) -> None:

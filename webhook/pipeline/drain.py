@@ -66,10 +66,14 @@ class Applied:
     waited_seconds: float
 
 
+# `passed` holds Stripe customers whose events this batch claimed already and left queued
+# (busy elsewhere): claimed again, they would fill the batch once more.
 _CLAIM = """
-select e.id, e.payload::text, e.received_at, extract(epoch from now() - e.received_at)
+select e.id, e.payload::text, e.received_at, extract(epoch from now() - e.received_at),
+       e.stripe_customer_id
   from webhook_private.events e
  where e.status = 'received' and e.payload is not null
+   and (e.stripe_customer_id is null or e.stripe_customer_id <> all(%(passed)s::text[]))
  order by e.received_at, e.id
  limit %(limit)s
    for no key update skip locked
@@ -77,13 +81,18 @@ select e.id, e.payload::text, e.received_at, extract(epoch from now() - e.receiv
 
 # Chosen events (a catch-up's), in the order Stripe created them.
 _CLAIM_ONLY = """
-select e.id, e.payload::text, e.received_at, extract(epoch from now() - e.received_at)
+select e.id, e.payload::text, e.received_at, extract(epoch from now() - e.received_at),
+       e.stripe_customer_id
   from webhook_private.events e
  where e.id = any(%(only)s::text[]) and e.status = 'received' and e.payload is not null
+   and (e.stripe_customer_id is null or e.stripe_customer_id <> all(%(passed)s::text[]))
  order by e.stripe_created, e.id
  limit %(limit)s
    for no key update skip locked
 """
+
+# How many times a batch claims again when every event it claimed was left queued.
+CLAIMS_PER_BATCH = 3
 
 
 def drain_batch(
@@ -96,6 +105,9 @@ def drain_batch(
     known: Mapping[str, Event] | None = None,
 ) -> list[Applied]:
     """Claim up to `limit` received events and apply them; [] when none could be.
+
+    When every event of a full claim stays queued (their customers busy elsewhere), the
+    batch claims again past those Stripe customers, up to CLAIMS_PER_BATCH claims in all.
 
     [] means the queue is empty, or every claimed event's Stripe customer was busy (then
     after a short pause, so a caller that loops does not spin). `conn` must be in
@@ -120,13 +132,29 @@ def drain_batch(
             (f"{rules.lock_timeout_ms}ms", f"{rules.statement_timeout_ms}ms"),
         )
         query = _CLAIM if only is None else _CLAIM_ONLY
-        rows = conn.execute(
-            query, {"only": list(only) if only is not None else None, "limit": limit}
-        ).fetchall()
-        if not rows:
+        passed: list[str] = []
+        waited: dict[str, float] = {}
+        for _ in range(CLAIMS_PER_BATCH):
+            rows = conn.execute(
+                query,
+                {
+                    "only": list(only) if only is not None else None,
+                    "limit": limit,
+                    "passed": passed,
+                },
+            ).fetchall()
+            waited.update((row[0], float(row[3])) for row in rows)
+            results = _apply(conn, rows, rules, known or {}) if rows else []
+            # A full claim whose every event stayed queued: the queue's head is all busy
+            # customers. Claim past them, or the batches behind would never be reached.
+            if results or len(rows) < limit:
+                break
+            more = sorted({row[4] for row in rows if row[4] is not None} - set(passed))
+            if not more:
+                break
+            passed += more
+        if not waited:
             return []
-        waited = {row[0]: float(row[3]) for row in rows}
-        results = _apply(conn, rows, rules, known or {})
         if results:
             elapsed_ms = (time.perf_counter() - started) * 1000
             subscription_batch.record_outcomes(conn, results, elapsed_ms / len(results), trigger)
@@ -163,13 +191,13 @@ def drain_until_empty(
 
 def _apply(
     conn: psycopg.Connection,
-    rows: list[tuple[str, str, datetime, float]],
+    rows: list[tuple[str, str, datetime, float, str | None]],
     rules: ProcessingRules,
     known: Mapping[str, Event],
 ) -> list[ReplayResult]:
     results: list[ReplayResult] = []
     events: list[Event] = []
-    for event_id, payload, _, _ in rows:
+    for event_id, payload, *_ in rows:
         cached = known.get(event_id)
         if cached is not None:
             events.append(cached)
