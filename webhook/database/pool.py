@@ -82,28 +82,29 @@ class Database:
             ) from None
 
     @contextmanager
-    def briefly(self, seconds: float) -> Iterator[psycopg.Connection]:
+    def briefly(
+        self, seconds: float, *, statement_seconds: float | None = None
+    ) -> Iterator[psycopg.Connection]:
         """A connection for a monitor's reads (/readyz, /metrics), in a transaction whose
-        lock waits and statements give up after `seconds`.
+        lock waits give up after `seconds`, and its statements after `statement_seconds`
+        (default: `seconds`).
 
         Behind a migration's lock on the inbox those reads would otherwise hold a pooled
         connection each for as long as it runs, probe after probe, until deliveries find
         the pool empty. Giving up is DatabaseUnavailable, like not getting a connection.
         """
-        limit = f"{round(seconds * 1000)}ms"
+        statement_seconds = statement_seconds or seconds
         with self.connection(timeout=seconds) as conn:
             try:
                 with conn.transaction():
                     conn.execute(
                         "select set_config('lock_timeout', %s, true),"
                         " set_config('statement_timeout', %s, true)",
-                        (limit, limit),
+                        (f"{round(seconds * 1000)}ms", f"{round(statement_seconds * 1000)}ms"),
                     )
                     yield conn
             except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as exc:
-                raise DatabaseUnavailable(
-                    f"no answer within {seconds:g}s ({first_line(exc)})"
-                ) from None
+                raise DatabaseUnavailable(f"no answer in time ({first_line(exc)})") from None
 
     def run(self, work: Callable[[psycopg.Connection], T]) -> T:
         """Run `work` on a pooled connection, once more on a fresh one if the first was dead.

@@ -75,7 +75,9 @@ class _InboxCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         try:
-            with self.database.briefly(2.0) as conn:
+            # Counting a queue of millions takes a while (about 0.25 s for 1,000,000):
+            # the statements get longer than a lock wait, within a scrape's usual 10 s.
+            with self.database.briefly(2.0, statement_seconds=8.0) as conn:
                 oldest = conn.execute(
                     "select coalesce(extract(epoch from now() - min(received_at)), 0)"
                     " from webhook_private.events where status = 'failed'"
