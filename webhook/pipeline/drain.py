@@ -114,8 +114,9 @@ def drain_batch(
     autocommit mode. A lost connection or a statement timeout rolls the whole batch back
     (its events stay queued) and is raised; so does a lock wait given up outside an
     event's handler (claiming, recording). One given up inside a handler leaves that
-    event, and its Stripe customer's others in the batch, queued (see LOCK_WAITS_GIVEN_UP). `only` restricts the
-    claim to these event ids (a catch-up applying what it stored; `trigger` then names it).
+    event, and its Stripe customer's others in the batch, queued (LOCK_WAITS_GIVEN_UP).
+    `only` restricts the claim to these event ids (a catch-up applying what it stored;
+    `trigger` then names it).
     `known` holds events this process stored and parsed already (the request had to):
     their stored payload is not decoded again.
     """

@@ -18,6 +18,7 @@ import tempfile
 
 from webhook.core.config import load_settings, web_concurrency
 from webhook.core.errors import ConfigError
+from webhook.database.connect import check_readable
 
 _made_metrics_dir: str | None = None
 
@@ -59,7 +60,9 @@ def on_starting(server) -> None:
     prometheus_client adds their counts up through files in the shared folder.
     """
     try:
-        load_settings()
+        settings = load_settings()
+        if settings.database_url:
+            check_readable(settings.database_url)
     except ConfigError as exc:
         sys.exit(f"Error: {exc}")
     global _made_metrics_dir
