@@ -1,6 +1,7 @@
 """The drain and locks held elsewhere: a customer row the application holds, a handler
-that waits in vain, two drains that would deadlock. In each case the events concerned stay
-queued, the rest of the batch is applied, and the end result is the in-order one.
+that waits in vain, a claim filled by one busy customer's events, two drains that would
+deadlock. In each case the events concerned stay queued, the rest is applied, and the end
+result is the in-order one.
 
 Also two faults found beside them: renewals of a deleted and a linked Stripe customer in
 one batch, and applied events reported even when the link requests after them fail.
