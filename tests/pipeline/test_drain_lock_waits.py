@@ -9,6 +9,7 @@ one batch, and applied events reported even when the link requests after them fa
 
 import logging
 import threading
+import time
 import uuid
 
 import psycopg
@@ -17,7 +18,7 @@ from stripe_events import MONTH, Delivery, EventFactory
 
 from webhook.core.config import DEFAULT_ENTITLED_STATUSES
 from webhook.pipeline import drain as drain_module
-from webhook.pipeline import inbox
+from webhook.pipeline import drain_worker, inbox
 from webhook.pipeline.drain import drain_batch, drain_until_empty, queued
 from webhook.pipeline.drain_worker import DrainWorker
 from webhook.pipeline.processor import ProcessingRules, process_delivery
@@ -257,29 +258,63 @@ def test_renewals_of_a_deleted_and_a_linked_stripe_customer_in_one_batch(
     assert "renewal batch failed" not in caplog.text
 
 
-def test_events_a_cycle_applied_are_reported_even_if_its_link_requests_time_out(
-    db_url, conn, plans, make_user, factory
+def test_a_link_request_that_waits_for_a_lock_pauses_link_requests_not_the_drain(
+    db_url, conn, plans, make_user, factory, monkeypatch
 ) -> None:
+    monkeypatch.setattr(drain_worker, "LINK_REQUESTS_PAUSE_SECONDS", 1.0)
     user = make_user()
     # The application names a Stripe customer: a link request the drain settles after its batch.
     conn.execute(
         "update public.customer set stripe_customer_id = 'cus_app' where uuid = %s", (user,)
     )
-    inbox.receive(conn, event_of(factory.other("charge.succeeded")))
+    first, second = (factory.other("charge.succeeded") for _ in range(2))
+    inbox.receive(conn, event_of(first))
     reported: list[str] = []
-    worker = DrainWorker(
-        db_url,
-        with_rules(lock_timeout_ms=200),
-        on_applied=lambda a: reported.extend(e.event_id for e in a),
-    )
+    # A lock timeout far longer than the test: the link request must not wait for it.
+    worker = DrainWorker(db_url, with_rules(lock_timeout_ms=60_000),
+                         on_applied=lambda a: reported.extend(e.event_id for e in a))  # fmt: skip
+
+    def cycle_within(seconds: float) -> None:
+        cycling = threading.Thread(target=worker.cycle)
+        cycling.start()
+        cycling.join(timeout=seconds)
+        assert not cycling.is_alive(), "the drain waited for the link request's lock"
+
+    pending = "select status from webhook_private.link_requests order by id"
     try:
         with psycopg.connect(db_url) as holder:
             holder.execute(
                 "select pg_advisory_xact_lock(hashtextextended('stripe-customer:cus_app', 0))"
             )
-            with pytest.raises(psycopg.errors.LockNotAvailable):
-                worker.cycle()
+            cycle_within(20)
+            assert reported == [first.id]  # the batch was applied and reported ...
+            assert conn.execute(pending).fetchall() == [("pending",)]  # ... the request waits
+            inbox.receive(conn, event_of(second))
+            cycle_within(20)  # link requests rest: no second wait
+            assert reported == [first.id, second.id]
+        time.sleep(1.2)  # the rest is over, and the lock released
+        worker.cycle()
+        assert conn.execute(pending).fetchall() == [("applied",)]
+    finally:
+        worker.stop()
+
+
+def test_events_a_cycle_applied_are_reported_even_if_its_link_requests_fail(
+    db_url, conn, factory, monkeypatch
+) -> None:
+    delivery = factory.other("charge.succeeded")
+    inbox.receive(conn, event_of(delivery))
+
+    def connection_lost(*_args: object, **_kwargs: object) -> int:
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(drain_worker.application_links, "apply_pending", connection_lost)
+    reported: list[str] = []
+    worker = DrainWorker(db_url, RULES, on_applied=lambda a: reported.extend(e.event_id for e in a))
+    try:
+        with pytest.raises(psycopg.OperationalError):
+            worker.cycle()
     finally:
         worker.stop()
     assert not queued(conn)  # the batch committed ...
-    assert len(reported) == 1  # ... and was logged and counted
+    assert reported == [delivery.id]  # ... and was logged and counted

@@ -9,7 +9,8 @@ cluster-wide lock at every commit, and LISTEN does not work through a transactio
 
 While the database is unreachable, or lacks a migration this code relies on (a version
 started before `migrate` ran), the loop backs off, up to MAX_BACKOFF_SECONDS, and resumes
-by itself; a deadlock or a lock timeout just retries the batch. stop() lets the
+by itself; a deadlock or a lock timeout just retries the batch (a link request that
+waits for a lock in vain pauses the link requests instead). stop() lets the
 batch in hand commit (or, if the process is killed, its transaction rolls back and the
 events return to the queue).
 """
@@ -34,6 +35,11 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 0.25
 MAX_BACKOFF_SECONDS = 30.0
 LINK_REQUESTS_PER_CYCLE = 100
+# A link request whose customer another transaction holds (the application's own) waits at
+# most this long, then link requests rest for LINK_REQUESTS_PAUSE_SECONDS: the request stays
+# pending, and the drain's batches do not queue behind a lock wait cycle after cycle.
+LINK_REQUEST_LOCK_TIMEOUT_MS = 500
+LINK_REQUESTS_PAUSE_SECONDS = 10.0
 # Parsed events kept for this process's drain: at most this many, for at most this long
 # (another process's drain may take an event; its entry must not outlive that). A drain
 # takes its own process's events within a batch or two (tens of milliseconds); every
@@ -73,6 +79,7 @@ class DrainWorker:
         self._lock = threading.Lock()  # one cycle at a time (the thread, or a caller)
         self._starting = threading.Lock()
         self._last_warning: str | None = None
+        self._link_requests_paused_until = 0.0
         # Events this process stored and parsed, until its drain applies them (bounded).
         self._known: dict[str, Event] = {}  # insertion order: oldest first
         self._known_since: dict[str, float] = {}
@@ -203,13 +210,25 @@ class DrainWorker:
         return applied, links, waiting
 
     def _apply_link_requests(self, conn: psycopg.Connection) -> int:
-        """Up to LINK_REQUESTS_PER_CYCLE pending link requests, within the lock timeout."""
-        return application_links.apply_pending(
-            conn,
-            self._rules.entitled_statuses,
-            limit=LINK_REQUESTS_PER_CYCLE,
-            lock_timeout_ms=self._rules.lock_timeout_ms,
-        )
+        """Up to LINK_REQUESTS_PER_CYCLE pending link requests; none while they rest after
+        one waited for a lock in vain (see LINK_REQUEST_LOCK_TIMEOUT_MS)."""
+        if time.monotonic() < self._link_requests_paused_until:
+            return 0
+        try:
+            return application_links.apply_pending(
+                conn,
+                self._rules.entitled_statuses,
+                limit=LINK_REQUESTS_PER_CYCLE,
+                lock_timeout_ms=min(self._rules.lock_timeout_ms, LINK_REQUEST_LOCK_TIMEOUT_MS),
+            )
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected) as exc:
+            self._link_requests_paused_until = time.monotonic() + LINK_REQUESTS_PAUSE_SECONDS
+            log.info(
+                "drain: a link request waits for a lock (%s); link requests resume in %gs",
+                first_line(exc),
+                LINK_REQUESTS_PAUSE_SECONDS,
+            )
+            return 0
 
     def _drain_batch(self, conn: psycopg.Connection) -> list[Applied]:
         # drain_batch only looks entries up, which is safe while wake() adds some.
