@@ -211,8 +211,11 @@ def _apply(
             )
     busy = _busy_customers(conn, {c for e in events if (c := e.stripe_customer)})
     events = [e for e in events if e.stripe_customer not in busy]
-    held = _held_elsewhere(conn, {c for e in events if (c := e.stripe_customer)})
-    events = [e for e in events if e.stripe_customer not in held]
+    # Only the events a handler applies lock their customer's row: the others change nothing.
+    held = _held_elsewhere(
+        conn, {c for e in events if e.type in HANDLERS and (c := e.stripe_customer)}
+    )
+    events = [e for e in events if e.type not in HANDLERS or e.stripe_customer not in held]
     ignored = [e for e in events if e.type not in HANDLERS]
     handled = [e for e in events if e.type in HANDLERS]
     candidates: list[Candidate] = []
