@@ -85,21 +85,31 @@ def subscribed(f: EventFactory, user, stripe_customer: str, price: str) -> list[
     ]  # fmt: skip
 
 
+def two_subscribers(
+    conn: psycopg.Connection, twin: psycopg.Connection, f: EventFactory, first: str, second: str
+) -> list[Delivery]:
+    """FIRST subscribed through Stripe customer `first`, SECOND through `second`, both on
+    Basic, applied in `conn` (both databases get the plans and users); the deliveries."""
+    prepare(conn, twin)
+    setup = subscribed(f, FIRST, first, "price_basic") + subscribed(
+        f, SECOND, second, "price_basic"
+    )
+    apply_in_order(conn, setup)
+    return setup
+
+
+def moved_to_pro(f: EventFactory, stripe_customer: str) -> Delivery:
+    """The subscription of `subscribed(f, _, stripe_customer, _)` moved to Pro."""
+    return f.subscription("customer.subscription.updated", sub_id=f"sub_{stripe_customer}",
+                          customer=stripe_customer, status="active", price_ids=["price_pro"])  # fmt: skip
+
+
 def test_a_customer_row_held_elsewhere_leaves_its_events_queued_without_waiting(
     db_url, conn, twin
 ) -> None:
-    prepare(conn, twin)
     f = EventFactory()
-    setup = subscribed(f, FIRST, "cus_held", "price_basic") + subscribed(
-        f, SECOND, "cus_free", "price_basic"
-    )
-    apply_in_order(conn, setup)
-    later = [
-        f.subscription("customer.subscription.updated", sub_id="sub_cus_held", customer="cus_held",
-                       status="active", price_ids=["price_pro"]),
-        f.subscription("customer.subscription.updated", sub_id="sub_cus_free", customer="cus_free",
-                       status="active", price_ids=["price_pro"]),
-    ]  # fmt: skip
+    setup = two_subscribers(conn, twin, f, "cus_held", "cus_free")
+    later = [moved_to_pro(f, "cus_held"), moved_to_pro(f, "cus_free")]
     for delivery in later:
         inbox.receive(conn, event_of(delivery))
     # A lock timeout far longer than the test may take: the drain must not wait at all.
@@ -178,22 +188,15 @@ def test_two_drains_that_would_deadlock_leave_one_event_queued_instead(
 ) -> None:
     # Two customers, each with a Stripe customer; each drain holds one customer's row for a
     # subscription event, then links a new Stripe customer to the other customer.
-    prepare(conn, twin)
-    first, second = FIRST, SECOND
     f = EventFactory()
-    setup = subscribed(f, first, "cus_a", "price_basic") + subscribed(
-        f, second, "cus_b", "price_basic"
-    )
-    apply_in_order(conn, setup)
+    setup = two_subscribers(conn, twin, f, "cus_a", "cus_b")
     by_a = [
-        f.subscription("customer.subscription.updated", sub_id="sub_cus_b", customer="cus_b",
-                       status="active", price_ids=["price_pro"]),
-        f.customer("customer.updated", customer_id="cus_c", metadata={"customer_uuid": str(first)}),
+        moved_to_pro(f, "cus_b"),
+        f.customer("customer.updated", customer_id="cus_c", metadata={"customer_uuid": str(FIRST)}),
     ]  # fmt: skip
     by_b = [
-        f.subscription("customer.subscription.updated", sub_id="sub_cus_a", customer="cus_a",
-                       status="active", price_ids=["price_pro"]),
-        f.customer("customer.updated", customer_id="cus_d", metadata={"customer_uuid": str(second)}),
+        moved_to_pro(f, "cus_a"),
+        f.customer("customer.updated", customer_id="cus_d", metadata={"customer_uuid": str(SECOND)}),
     ]  # fmt: skip
     for delivery in by_a + by_b:
         inbox.receive(conn, event_of(delivery))

@@ -52,7 +52,7 @@ def resolve_database_url(explicit: str | None = None) -> str:
 
 def check_readable(url: str) -> None:
     """Raise ConfigError, without quoting `url`, if libpq cannot read it as meant."""
-    if _misread(url):
+    if _read_as_written(url) is None:
         raise ConfigError(
             "the database URL is not a connection string PostgreSQL reads as written; in a"
             " URL, characters such as @ : / ? # % in the user name or password must be"
@@ -60,8 +60,9 @@ def check_readable(url: str) -> None:
         )
 
 
-def _misread(url: str) -> bool:
-    """Whether libpq cannot read `url`, or reads credentials in it as something else.
+def _read_as_written(url: str) -> dict[str, str] | None:
+    """The parameters libpq reads from `url`; None when it cannot read it, or reads its
+    credentials as something else.
 
     libpq takes a URL's user name and password from before the first `@`, and only if
     no `/` comes first: `postgres:pa/ss@host` is read as the host `postgres` on the port
@@ -72,13 +73,13 @@ def _misread(url: str) -> bool:
     try:
         params = conninfo_to_dict(url)
     except psycopg.Error:
-        return True
+        return None
     _, separator, rest = url.partition("://")
-    if not separator or "@" not in rest:
-        return False
-    return not {"user", "password"} & params.keys() or any(
+    has_credentials = bool(separator) and "@" in rest
+    credentials_read = bool({"user", "password"} & params.keys()) and not any(
         "@" in params.get(key, "") for key in ("host", "port", "dbname")
     )
+    return params if credentials_read or not has_credentials else None
 
 
 # Connection parameters that are secrets, masked wherever a connection string is shown.
@@ -93,11 +94,11 @@ def mask_url(url: str) -> str:
     unencoded `#` or `?` is read by libpq whole, but split by urllib at that character.
     A URL is shown as a URL when urllib finds the same password libpq does; otherwise the
     parameters libpq read are shown as key=value pairs, the secrets masked. A URL libpq
-    misreads (see _misread) is not shown at all.
+    misreads (see _read_as_written) is not shown at all.
     """
-    if _misread(url):
+    params = _read_as_written(url)
+    if params is None:
         return MISREAD_URL
-    params = conninfo_to_dict(url)
     if not any(key in params for key in SECRET_PARAMETERS):
         return url
     if "://" in url and "sslpassword" not in params:
