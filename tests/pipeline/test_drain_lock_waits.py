@@ -4,7 +4,10 @@ deadlock. In each case the events concerned stay queued, the rest is applied, an
 result is the in-order one.
 
 Also two faults found beside them: renewals of a deleted and a linked Stripe customer in
-one batch, and applied events reported even when the link requests after them fail.
+one batch, and applied events reported even when the link requests after them fail. And the
+link requests' own waits: a held customer or a stalled statement pauses them (the batches go
+on), `until_empty` (`drain --once`) waits for them within its timeout, and a stopped worker
+stays stopped.
 """
 
 import logging
@@ -17,6 +20,7 @@ import pytest
 from stripe_events import MONTH, Delivery, EventFactory
 
 from webhook.core.config import DEFAULT_ENTITLED_STATUSES
+from webhook.core.errors import ProjectError
 from webhook.pipeline import drain as drain_module
 from webhook.pipeline import drain_worker, inbox
 from webhook.pipeline.drain import drain_batch, drain_until_empty, queued
@@ -321,3 +325,86 @@ def test_events_a_cycle_applied_are_reported_even_if_its_link_requests_fail(
         worker.stop()
     assert not queued(conn)  # the batch committed ...
     assert reported == [delivery.id]  # ... and was logged and counted
+
+
+def test_a_link_request_whose_statement_stalls_pauses_link_requests_not_the_drain(
+    db_url, conn, plans, make_user, factory, monkeypatch
+) -> None:
+    """A settling request's statement that runs on (a slow trigger of the application's,
+    a stalled disk) is cancelled at LINK_REQUEST_STATEMENT_TIMEOUT_MS, not at the rules'
+    statement timeout: the request stays pending, link requests rest, batches go on."""
+    monkeypatch.setattr(drain_worker, "LINK_REQUEST_STATEMENT_TIMEOUT_MS", 300)
+    monkeypatch.setattr(drain_worker, "LINK_REQUESTS_PAUSE_SECONDS", 1.0)
+    user = make_user()
+    conn.execute(
+        "create function public.slow_link() returns trigger language plpgsql"
+        " as $$ begin perform pg_sleep(30); return new; end $$"
+    )
+    conn.execute(
+        "create trigger slow_link before insert on webhook_private.customer_links"
+        " for each row execute function public.slow_link()"
+    )
+    conn.execute(
+        "update public.customer set stripe_customer_id = 'cus_app' where uuid = %s", (user,)
+    )
+    delivery = factory.other("charge.succeeded")
+    inbox.receive(conn, event_of(delivery))
+    reported: list[str] = []
+    worker = DrainWorker(db_url, RULES, on_applied=lambda a: reported.extend(e.event_id for e in a))
+    pending = "select status from webhook_private.link_requests order by id"
+    try:
+        started = time.monotonic()
+        worker.cycle()
+        assert time.monotonic() - started < 10  # not the rules' 15 s, nor the trigger's 30
+        assert reported == [delivery.id]
+        assert conn.execute(pending).fetchall() == [("pending",)]
+        conn.execute("drop trigger slow_link on webhook_private.customer_links")
+        time.sleep(1.2)  # the rest is over
+        worker.cycle()
+        assert conn.execute(pending).fetchall() == [("applied",)]
+    finally:
+        worker.stop()
+
+
+def test_until_empty_waits_for_a_held_link_request_and_says_so_if_it_stays_held(
+    db_url, conn, plans, make_user, monkeypatch
+) -> None:
+    """`drain --once` (until_empty) does not return while a link request is pending because
+    its customer is locked: it tries again until its timeout, then says what waits."""
+    monkeypatch.setattr(drain_worker, "LINK_REQUESTS_PAUSE_SECONDS", 0.2)
+    user = make_user()
+    conn.execute(
+        "update public.customer set stripe_customer_id = 'cus_app' where uuid = %s", (user,)
+    )
+    worker = DrainWorker(db_url, with_rules(lock_timeout_ms=60_000))
+    pending = "select status from webhook_private.link_requests order by id"
+    try:
+        with psycopg.connect(db_url) as holder:
+            holder.execute(
+                "select pg_advisory_xact_lock(hashtextextended('stripe-customer:cus_app', 0))"
+            )
+            with pytest.raises(ProjectError, match="link requests still wait after 2s"):
+                worker.until_empty(timeout=2)
+            assert conn.execute(pending).fetchall() == [("pending",)]
+            releaser = threading.Timer(0.5, holder.rollback)
+            releaser.start()
+            assert worker.until_empty(timeout=20) == 0  # returns once the request is applied
+            releaser.join()
+        assert conn.execute(pending).fetchall() == [("applied",)]
+    finally:
+        worker.stop()
+
+
+def test_a_stopped_worker_stays_stopped(db_url, conn, factory) -> None:
+    """A delivery stored while a web worker shuts down calls start() after stop(): the
+    drain must not come back for a process that is about to exit mid-batch."""
+    worker = DrainWorker(db_url, RULES)
+    worker.start()
+    assert worker.running
+    worker.stop()
+    worker.start()
+    assert not worker.running
+    inbox.receive(conn, event_of(factory.other("charge.succeeded")))
+    worker.wake()
+    time.sleep(0.5)
+    assert queued(conn)  # nobody drained it

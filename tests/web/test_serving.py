@@ -403,6 +403,23 @@ def test_trigger_rejects_a_url_that_is_not_http(tmp_path) -> None:
     assert "--url" in line and "not-a-url" in line
 
 
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [
+        (["invoice-paid"], "EVENT_TYPE"),  # a typo: nothing would handle it
+        (["invoice.paid", "--api-version", "2026-13-01"], "--api-version"),
+        (["invoice.paid", "--api-version", "endive"], "--api-version"),
+    ],
+)
+def test_trigger_rejects_what_is_not_an_event_type_or_an_api_version(
+    tmp_path, arguments, named
+) -> None:
+    result = cli("trigger", *arguments, "--url", f"http://{HOST}:{closed_port()}/webhook",
+                 cwd=tmp_path, env=base_env(STRIPE_WEBHOOK_SECRET=SECRET))  # fmt: skip
+    line = one_line_error(result, 2)
+    assert named in line
+
+
 def test_trigger_without_any_secret_says_how_to_get_one(tmp_path) -> None:
     url = f"http://{HOST}:{closed_port()}/webhook"
     result = cli("trigger", "lifecycle", "--url", url, cwd=tmp_path, env=base_env())

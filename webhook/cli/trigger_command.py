@@ -10,11 +10,13 @@ APPLY_WAIT_SECONDS) until its drain has applied them, and prints each outcome.
 
 import json
 import os
+import re
 import secrets
 import time
 import urllib.error
 import urllib.request
 import uuid
+from datetime import date
 from pathlib import Path
 
 import click
@@ -27,6 +29,12 @@ from webhook.cli.serve_command import DEMO_CUSTOMER
 from webhook.core.errors import ConfigError, ProjectError
 from webhook.database.embedded import DEFAULT_PGDATA
 from webhook.fixtures import API_VERSIONS, ENDIVE_API, MONTH, Delivery, EventFactory
+
+# Stripe's event types: dotted lowercase words (invoice.paid, customer.subscription.updated).
+# Any such type is sent; those the service has no handler for are stored and ignored.
+EVENT_TYPE = re.compile(r"[a-z0-9_]+(\.[a-z0-9_]+)+")
+# An API version: its release date, then (from 2024-09-30 on) the release's name.
+API_VERSION = re.compile(r"(\d{4}-\d{2}-\d{2})(\.[a-z]+)?")
 
 SUBSCRIPTION_TYPES = (
     "customer.subscription.created",
@@ -77,6 +85,17 @@ def trigger(
     """Post a signed EVENT_TYPE (or `lifecycle`: sign-up, renewal, cancel) to URL."""
     if not url.startswith(("http://", "https://")):
         raise click.BadParameter(f"{url!r} is not an http(s) URL", param_hint="'--url'")
+    if event_type != "lifecycle" and not EVENT_TYPE.fullmatch(event_type):
+        raise click.BadParameter(
+            f"{event_type!r} is not a Stripe event type (such as invoice.paid) or `lifecycle`",
+            param_hint="EVENT_TYPE",
+        )
+    if not _is_api_version(api_version):
+        raise click.BadParameter(
+            f"{api_version!r} is not a Stripe API version (YYYY-MM-DD, or YYYY-MM-DD.name"
+            f" such as {ENDIVE_API})",
+            param_hint="'--api-version'",
+        )
     try:
         customer = uuid.UUID(customer_uuid)
     except ValueError:
@@ -102,6 +121,18 @@ def trigger(
 
 
 APPLY_WAIT_SECONDS = 15.0
+
+
+def _is_api_version(text: str) -> bool:
+    """Whether `text` names an API version the way Stripe does: a real date, maybe a name."""
+    shape = API_VERSION.fullmatch(text)
+    if shape is None:
+        return False
+    try:
+        date.fromisoformat(shape.group(1))
+    except ValueError:
+        return False
+    return True
 
 
 def _wait_until_applied(ctx: click.Context, event_ids: list[str]) -> dict[str, str]:

@@ -10,9 +10,10 @@ cluster-wide lock at every commit, and LISTEN does not work through a transactio
 While the database is unreachable, or lacks a migration this code relies on (a version
 started before `migrate` ran), the loop backs off, up to MAX_BACKOFF_SECONDS, and resumes
 by itself; a deadlock or a lock timeout just retries the batch (a link request that
-waits for a lock in vain pauses the link requests instead). stop() lets the
-batch in hand commit (or, if the process is killed, its transaction rolls back and the
-events return to the queue).
+waits in vain, for a lock or a stalled statement, pauses the link requests instead).
+stop() lets the batch in hand commit (or, if the process is killed, its transaction rolls
+back and the events return to the queue), and is final: a delivery stored during the
+worker's shutdown does not start the drain again.
 """
 
 import logging
@@ -39,6 +40,10 @@ LINK_REQUESTS_PER_CYCLE = 100
 # most this long, then link requests rest for LINK_REQUESTS_PAUSE_SECONDS: the request stays
 # pending, and the drain's batches do not queue behind a lock wait cycle after cycle.
 LINK_REQUEST_LOCK_TIMEOUT_MS = 500
+# Likewise for a link request's statement that runs this long (a settling request changes
+# one customer's rows, in milliseconds; one that takes seconds is stalled, by a trigger of
+# the application's or the disk, and would hold up the batches behind it).
+LINK_REQUEST_STATEMENT_TIMEOUT_MS = 2000
 LINK_REQUESTS_PAUSE_SECONDS = 10.0
 # Parsed events kept for this process's drain: at most this many, for at most this long
 # (another process's drain may take an event; its entry must not outlive that). A drain
@@ -49,6 +54,15 @@ LINK_REQUESTS_PAUSE_SECONDS = 10.0
 # payload, and 500 for 0.25 s keeps that with 17 MiB less per worker than 2,000 for 1 s.
 KNOWN_EVENTS_LIMIT = 500
 KNOWN_EVENTS_SECONDS = 0.25
+# What a link request that waited in vain raises: a lock it did not get, a deadlock it
+# was chosen to break, a statement cancelled at its timeout.
+LINK_REQUEST_WAITS = (
+    psycopg.errors.LockNotAvailable,
+    psycopg.errors.DeadlockDetected,
+    psycopg.errors.QueryCanceled,
+)
+# until_empty's pause between rounds that found everything left busy elsewhere.
+UNTIL_EMPTY_RETRY_SECONDS = 0.1
 # After a wake-up, how long to let more deliveries arrive before claiming a batch.
 GATHER_SECONDS = 0.025
 
@@ -78,6 +92,7 @@ class DrainWorker:
         self._conn: psycopg.Connection | None = None
         self._lock = threading.Lock()  # one cycle at a time (the thread, or a caller)
         self._starting = threading.Lock()
+        self._stopped_for_good = False  # stop() was called: start() does nothing any more
         self._last_warning: str | None = None
         self._link_requests_paused_until = 0.0
         # Events this process stored and parsed, until its drain applies them (bounded).
@@ -90,8 +105,11 @@ class DrainWorker:
     # -- control --------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Run the loop in a daemon thread (once per process; later calls do nothing)."""
+        """Run the loop in a daemon thread (once per process; later calls do nothing, and
+        so do calls after stop())."""
         with self._starting:
+            if self._stopped_for_good:
+                return
             if self._thread is None or not self._thread.is_alive():
                 self._stop.clear()
                 self._thread = threading.Thread(target=self.run, name="webhook-drain", daemon=True)
@@ -119,7 +137,9 @@ class DrainWorker:
         self._wake.set()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Finish the batch in hand, then stop; close the connection."""
+        """Finish the batch in hand, then stop for good; close the connection."""
+        with self._starting:
+            self._stopped_for_good = True
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
@@ -179,8 +199,8 @@ class DrainWorker:
     def until_empty(self, timeout: float = 60.0) -> int:
         """Cycle until nothing is left; return how many events were applied (tests, CLI).
 
-        Raises ProjectError if events are still queued after `timeout` seconds (their
-        Stripe customers stayed busy).
+        Raises ProjectError if events or link requests still wait after `timeout` seconds
+        (their customers stayed busy, locked by other transactions).
         """
         total = 0
         deadline = time.monotonic() + timeout
@@ -190,12 +210,17 @@ class DrainWorker:
             if not applied and not links and not waiting:
                 return total
             if time.monotonic() > deadline:
-                raise ProjectError(f"events are still queued after {timeout:g}s")
+                raise ProjectError(
+                    f"events or link requests still wait after {timeout:g}s: their customers"
+                    " are locked by other transactions"
+                )
+            if not applied and not links:
+                time.sleep(UNTIL_EMPTY_RETRY_SECONDS)  # busy elsewhere: look again soon
 
     def _round(self, *, look_at_queue: bool = False) -> tuple[list[Applied], int, bool]:
         """A batch, then the pending link requests: what was applied, how many requests
         were settled, and (with `look_at_queue`, when nothing was applied) whether events
-        still wait. The batch has committed before the requests are tried: its events are
+        or link requests still wait. The batch has committed before the requests are tried: its events are
         logged and counted even when the requests fail."""
         applied: list[Applied] = []
         try:
@@ -203,7 +228,11 @@ class DrainWorker:
                 conn = self._connection()
                 applied = self._drain_batch(conn)
                 links = self._apply_link_requests(conn)
-                waiting = look_at_queue and not applied and queued(conn)
+                waiting = (
+                    look_at_queue
+                    and not applied
+                    and (queued(conn) or application_links.pending_count(conn) > 0)
+                )
         finally:
             if applied:
                 self._on_applied(applied)
@@ -220,11 +249,14 @@ class DrainWorker:
                 self._rules.entitled_statuses,
                 limit=LINK_REQUESTS_PER_CYCLE,
                 lock_timeout_ms=min(self._rules.lock_timeout_ms, LINK_REQUEST_LOCK_TIMEOUT_MS),
+                statement_timeout_ms=min(
+                    self._rules.statement_timeout_ms, LINK_REQUEST_STATEMENT_TIMEOUT_MS
+                ),
             )
-        except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected) as exc:
+        except LINK_REQUEST_WAITS as exc:
             self._link_requests_paused_until = time.monotonic() + LINK_REQUESTS_PAUSE_SECONDS
             log.info(
-                "drain: a link request waits for a lock (%s); link requests resume in %gs",
+                "drain: a link request waited in vain (%s); link requests resume in %gs",
                 first_line(exc),
                 LINK_REQUESTS_PAUSE_SECONDS,
             )

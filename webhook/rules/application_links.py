@@ -58,6 +58,7 @@ def apply_pending(
     *,
     limit: int = 1000,
     lock_timeout_ms: int = 5000,
+    statement_timeout_ms: int = 15000,
     source: str = LINKED_BY,
     on_change: Callable[[tuple[uuid.UUID, int | None, int | None]], None] = lambda _change: None,
 ) -> int:
@@ -67,13 +68,15 @@ def apply_pending(
     applied the request.
 
     `conn` must be in autocommit mode. A request that cannot be applied for a data reason
-    is kept as failed with its error and never blocks the ones after it; a lost connection
-    or a lock timeout is raised, and the request stays pending for the next attempt.
+    is kept as failed with its error and never blocks the ones after it; a lost connection,
+    a lock timeout or a statement timeout is raised, and the request stays pending for the
+    next attempt.
     """
     statuses = frozenset(entitled_statuses)
+    limits = (f"{lock_timeout_ms}ms", f"{statement_timeout_ms}ms")
     settled = 0
     while settled < limit:
-        if not _apply_next(conn, statuses, lock_timeout_ms, source, on_change):
+        if not _apply_next(conn, statuses, limits, source, on_change):
             break
         settled += 1
     return settled
@@ -82,20 +85,21 @@ def apply_pending(
 def _apply_next(
     conn: psycopg.Connection,
     statuses: frozenset[str],
-    lock_timeout_ms: int,
+    limits: tuple[str, str],
     source: str,
     on_change: Callable[[tuple[uuid.UUID, int | None, int | None]], None],
 ) -> bool:
     """Claim and apply the oldest unclaimed request; False when there is none.
 
-    The limit is set before the claim, in a statement of its own: the claim takes the
-    table's lock while it is planned, so a limit set inside it would not bound a
-    migration's lock on the requests.
+    The limits (lock timeout, statement timeout) are set before the claim, in a statement
+    of its own: the claim takes the table's lock while it is planned, so a limit set inside
+    it would not bound a migration's lock on the requests.
     """
     with conn.transaction():
         conn.execute(
-            "select set_config('webhook.source', %s, true), set_config('lock_timeout', %s, true)",
-            (source, f"{lock_timeout_ms}ms"),
+            "select set_config('webhook.source', %s, true), set_config('lock_timeout', %s, true),"
+            " set_config('statement_timeout', %s, true)",
+            (source, *limits),
         )
         row = conn.execute(
             """
@@ -117,7 +121,7 @@ def _apply_next(
                 changes = apply(conn, request, statuses)
             status, error = "applied", None
         except psycopg.OperationalError:
-            raise  # connection lost, lock timeout: the request stays pending
+            raise  # connection lost, lock or statement timeout: the request stays pending
         except (ApplyError, psycopg.Error) as exc:
             status, error = "failed", str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             log.warning("link request %s failed: %s", request.id, error)
