@@ -5,7 +5,7 @@ from decimal import Decimal
 
 import pytest
 
-from webhook.rules.entitlement import PlanCatalog, PlanPrice, entitled_plan
+from webhook.rules.entitlement import ADD_ON, Entitlement, PlanCatalog, PlanPrice, entitled_plan
 
 PLANS = PlanCatalog(
     {
@@ -118,6 +118,44 @@ def test_the_catalog_prefers_the_price_id_over_a_legacy_plan_id() -> None:
             (9, Decimal("7"), None, "silver", "prod_silver"),
         ]
     )
-    assert catalog.plan_for("gold", None) == PlanPrice(8, Decimal("6"))
-    assert catalog.plan_for("silver", None) == PlanPrice(9, Decimal("7"))
-    assert catalog.plan_for("price_other", "prod_silver") == PlanPrice(9, Decimal("7"))
+    assert catalog.classify("gold", None) == PlanPrice(8, Decimal("6"))
+    assert catalog.classify("silver", None) == PlanPrice(9, Decimal("7"))
+    assert catalog.classify("price_other", "prod_silver") == PlanPrice(9, Decimal("7"))
+
+
+def catalog_with_add_ons() -> PlanCatalog:
+    """Plans and add-ons as accounts.CATALOG_QUERY reads them (add-ons have no plan id)."""
+    return PlanCatalog.from_plans(
+        [
+            (2, Decimal("19.99"), "price_pro", None, "prod_pro"),
+            (5, Decimal("99"), None, None, "prod_team"),
+            (None, None, "price_storage", None, None),
+            (None, None, None, None, "prod_seats"),
+            (None, None, "price_team_seat", None, None),  # a price of a plan's product
+            (None, None, "price_pro", None, None),  # named by a plan too: the plan wins
+        ]
+    )
+
+
+def test_the_more_specific_name_wins_and_a_plan_over_an_add_on() -> None:
+    catalog = catalog_with_add_ons()
+    assert catalog.classify("price_pro", "prod_pro") == PlanPrice(2, Decimal("19.99"))
+    assert catalog.classify("price_storage", "prod_pro") is ADD_ON  # add-on price > plan product
+    assert catalog.classify("price_team_seat", "prod_team") is ADD_ON
+    assert catalog.classify("price_team_monthly", "prod_team") == PlanPrice(5, Decimal("99"))
+    assert catalog.classify("price_seat_eur", "prod_seats") is ADD_ON
+    assert catalog.classify("price_unknown", "prod_unknown") is None
+
+
+def test_a_subscription_of_add_ons_only_grants_nothing_and_is_no_gap() -> None:
+    catalog = catalog_with_add_ons()
+    add_ons_only = Sub("active", ("price_storage", "price_seat"), (None, "prod_seats"))
+    assert entitled_plan([add_ons_only], catalog) == Entitlement(plan_id=None)
+    with_plan = [add_ons_only, Sub("active", ("price_pro",), ("prod_pro",))]
+    assert entitled_plan(with_plan, catalog) == Entitlement(plan_id=2)
+
+
+def test_a_gap_names_only_the_prices_nobody_described() -> None:
+    sub = Sub("active", ("price_storage", "price_new"), (None, "prod_new"))
+    result = entitled_plan([sub], catalog_with_add_ons())
+    assert result.unknown_prices == ("price_new",)

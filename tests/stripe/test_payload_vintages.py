@@ -17,6 +17,8 @@ from stripe_events import (
 )
 from webhook_support import customer_state, event_status
 
+from webhook.stripe.payloads import invoice_subscription_prices
+
 PRODUCTLESS = [v for v in VINTAGE_API_VERSIONS if v < PLANS_WITH_PRODUCTS_API]
 WITH_PRODUCTS = [v for v in VINTAGE_API_VERSIONS if v >= PLANS_WITH_PRODUCTS_API]
 
@@ -189,3 +191,29 @@ def test_the_vintages_render_the_shapes_they_stand_for() -> None:
         "2025-03-31.basil": (True, False, True, True, False),
         "2026-09-30.endive": (True, False, True, True, False),
     }
+
+
+@pytest.mark.parametrize("api_version", VINTAGE_API_VERSIONS)
+def test_an_invoice_names_its_subscription_lines_prices_in_each_vintage(api_version) -> None:
+    """What the renewal rule reads to tell an add-on's invoice from a plan's: each
+    subscription line's price (and its product, once plans had products); a one-off invoice
+    item's line is no subscription line."""
+    factory = EventFactory(api_version)
+    factory.known_price("price_storage", product="prod_storage", unit_amount=500)
+    start = factory.clock
+    invoice = factory.invoice(
+        "invoice.paid", invoice_id="in_1", customer="cus_1", subscription="sub_1",
+        billing_reason="subscription_cycle", price_ids=["price_pro", "price_storage"],
+        period_start=start, period_end=start + MONTH,
+    ).event["data"]["object"]  # fmt: skip
+    products = api_version >= PLANS_WITH_PRODUCTS_API
+    assert invoice_subscription_prices(invoice) == {
+        "price_pro": "prod_pro" if products else None,
+        "price_storage": "prod_storage" if products else None,
+    }
+    one_off = invoice["lines"]["data"][1]
+    if "parent" in one_off:
+        one_off["parent"]["type"] = "invoice_item_details"
+    else:
+        one_off["type"] = "invoiceitem"
+    assert list(invoice_subscription_prices(invoice)) == ["price_pro"]

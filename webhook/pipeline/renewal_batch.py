@@ -10,6 +10,8 @@ way they are decided in memory, in the order given, and written in four statemen
 - an invoice whose Stripe customer is not linked is ignored (linking assigns the plan
   with its full resources later);
 - a linked one whose service period is no readable timestamp fails;
+- one whose subscription lines bill only add-ons (webhook_private.add_ons) is ignored: it
+  renews extra storage or seats, not the plan, whose allowance stays as it is;
 - a renewal claims its reset once per invoice, and only when its period starts after the
   customer's last reset; a claimed reset puts the customer's resources back to the plan's.
 
@@ -29,12 +31,15 @@ import psycopg
 from webhook.pipeline.audit_rows import update_naming_audit_rows
 from webhook.pipeline.handlers.base import Outcome
 from webhook.pipeline.replay_result import ReplayResult
+from webhook.rules import accounts
+from webhook.rules.entitlement import ADD_ON, PlanCatalog
 from webhook.stripe.payloads import (
     Event,
     PayloadError,
     expandable_id,
     invoice_service_period_start,
     invoice_subscription_id,
+    invoice_subscription_prices,
     timestamp,
 )
 
@@ -55,6 +60,9 @@ class Renewal:
     # period that is no timestamp (which matters only once the customer is linked).
     unreadable: str | None = None
     unreadable_period: str | None = None
+    # (price, product) of each subscription line; empty when the event holds only some of
+    # the invoice's lines (`lines.has_more`), which then cannot be known to be add-ons only.
+    line_prices: tuple[tuple[str, str | None], ...] = ()
 
 
 NO_ID_OR_CUSTOMER = "invoice has no id or no customer"
@@ -70,7 +78,15 @@ def renewal_for(event: Event) -> Renewal | None:
     stripe_customer = expandable_id(invoice.get("customer"))
     if stripe_customer is None or event.object_id is None:
         return Renewal(event, None, unreadable=NO_ID_OR_CUSTOMER)
-    renewal = Renewal(event, stripe_customer, event.object_id, invoice_subscription_id(invoice))
+    lines = invoice.get("lines")
+    complete = not (isinstance(lines, dict) and lines.get("has_more") is True)
+    renewal = Renewal(
+        event,
+        stripe_customer,
+        event.object_id,
+        invoice_subscription_id(invoice),
+        line_prices=tuple(invoice_subscription_prices(invoice).items()) if complete else (),
+    )
     try:
         period_start = timestamp(invoice_service_period_start(invoice) or event.created)
     except PayloadError as exc:
@@ -88,6 +104,7 @@ def apply_renewals(conn: psycopg.Connection, renewals: Sequence[Renewal]) -> lis
     owners = _owners(conn, sorted({r.stripe_customer for r in cycles if r.stripe_customer}))
     customers = sorted({owner for owner in owners.values()})
     reset_invoices, last_start = _resets(conn, customers, [r.invoice_id for r in cycles])
+    catalog = accounts.read_catalog(conn) if customers else PlanCatalog()
     results: list[ReplayResult] = []
     claimed: list[tuple[Renewal, uuid.UUID]] = []
     for renewal in renewals:
@@ -98,7 +115,7 @@ def apply_renewals(conn: psycopg.Connection, renewals: Sequence[Renewal]) -> lis
             outcome = Outcome.ignored()
         elif renewal.unreadable_period:
             outcome = Outcome.failed(renewal.unreadable_period)
-        elif renewal.invoice_id in reset_invoices or not _after(renewal, last_start.get(owner)):
+        elif not _renews_the_plan(renewal, catalog, reset_invoices, last_start.get(owner)):
             outcome = Outcome.ignored(owner)
         else:
             reset_invoices.add(renewal.invoice_id)
@@ -109,6 +126,17 @@ def apply_renewals(conn: psycopg.Connection, renewals: Sequence[Renewal]) -> lis
     if claimed:
         _write(conn, claimed)
     return results
+
+
+def _renews_the_plan(
+    renewal: Renewal, catalog: PlanCatalog, reset_invoices: set[str | None], last: datetime | None
+) -> bool:
+    """Whether the renewal claims a reset: its invoice bills more than add-ons (a plan, or a
+    price nobody has described), was not reset yet, and starts after the last reset."""
+    add_ons_only = bool(renewal.line_prices) and all(
+        catalog.classify(price, product) is ADD_ON for price, product in renewal.line_prices
+    )
+    return not add_ons_only and renewal.invoice_id not in reset_invoices and _after(renewal, last)
 
 
 def _after(renewal: Renewal, last: datetime | None) -> bool:

@@ -185,15 +185,18 @@ def _moment(value: int | datetime) -> datetime:
 
 Grants = dict[uuid.UUID, list[MirroredSubscription]]
 
-# Every plan a Stripe price or product can name; the table is small, so it is read whole.
+# Every plan a Stripe price or product can name, and the add-ons (rows without a plan id:
+# prices and products known to grant nothing); both tables are small, so they are read whole.
 CATALOG_QUERY = """
 select id, price, stripe_price_id, stripe_plan_id, stripe_product_id from public.plans
  where coalesce(stripe_price_id, stripe_plan_id, stripe_product_id) is not null
+union all
+select null, null, stripe_price_id, null, stripe_product_id from webhook_private.add_ons
 """
 
 
 def read_catalog(conn: psycopg.Connection) -> PlanCatalog:
-    """The plans that Stripe prices and products map to."""
+    """The plans that Stripe prices and products map to, and the add-ons."""
     return PlanCatalog.from_plans(conn.execute(CATALOG_QUERY).fetchall())
 
 

@@ -15,7 +15,9 @@ Items whose price is not a plan (seats, metered add-ons) are ignored as long as 
 item of the same subscription is a plan. A granting subscription none of whose prices is
 a plan is a configuration gap, not a reason to take a paying customer's plan away: the
 rule then reports those prices and the caller leaves the plan as it is until a plan for
-one of them exists.
+one of them exists. Prices listed as add-ons (webhook_private.add_ons, by price or by
+product) are known to grant nothing: they are never such a gap, so a subscription of
+add-ons only grants nothing and is otherwise ignored.
 """
 
 from collections.abc import Iterable, Mapping
@@ -46,18 +48,33 @@ class PlanPrice:
     price: Decimal
 
 
+class AddOn:
+    """What an add-on's price grants: nothing, knowingly (see PlanCatalog.classify)."""
+
+    def __repr__(self) -> str:
+        return "ADD_ON"
+
+
+ADD_ON = AddOn()
+
+# A catalog row: (plan id, plan price, price id, legacy plan id, product id); an add-on's
+# row has no plan id and no plan price.
+CatalogRow = tuple[int | None, Decimal | None, str | None, str | None, str | None]
+
+
 @dataclass(frozen=True)
 class PlanCatalog:
-    """The plans, keyed the two ways an item can name one."""
+    """The plans, keyed the two ways an item can name one, and the add-ons."""
 
     by_price: Mapping[str, PlanPrice] = field(default_factory=dict)
     by_product: Mapping[str, PlanPrice] = field(default_factory=dict)
+    add_on_prices: frozenset[str] = frozenset()
+    add_on_products: frozenset[str] = frozenset()
 
     @classmethod
-    def from_plans(
-        cls, rows: Iterable[tuple[int, Decimal, str | None, str | None, str | None]]
-    ) -> "PlanCatalog":
-        """The catalog of `public.plans` rows: (id, price, price id, legacy plan id, product id).
+    def from_plans(cls, rows: Iterable[CatalogRow]) -> "PlanCatalog":
+        """The catalog of `public.plans` rows and `webhook_private.add_ons` rows (see
+        CatalogRow; accounts.CATALOG_QUERY reads both).
 
         A price id that one plan names as `stripe_price_id` and another as `stripe_plan_id`
         goes to the first: the current Prices API name wins over the legacy one.
@@ -65,7 +82,13 @@ class PlanCatalog:
         legacy: dict[str, PlanPrice] = {}
         by_price: dict[str, PlanPrice] = {}
         by_product: dict[str, PlanPrice] = {}
+        add_on_prices: set[str] = set()
+        add_on_products: set[str] = set()
         for plan_id, price, price_id, legacy_plan_id, product_id in rows:
+            if plan_id is None or price is None:
+                add_on_prices.update([price_id] if price_id else [])
+                add_on_products.update([product_id] if product_id else [])
+                continue
             plan = PlanPrice(plan_id, price)
             if price_id:
                 by_price[price_id] = plan
@@ -73,14 +96,32 @@ class PlanCatalog:
                 legacy[legacy_plan_id] = plan
             if product_id:
                 by_product[product_id] = plan
-        return cls({**legacy, **by_price}, by_product)
+        return cls(
+            {**legacy, **by_price},
+            by_product,
+            frozenset(add_on_prices),
+            frozenset(add_on_products),
+        )
 
-    def plan_for(self, price_id: str, product_id: str | None) -> PlanPrice | None:
-        """The plan an item with this price grants: the exact price first, then its product."""
+    def classify(self, price_id: str, product_id: str | None) -> PlanPrice | AddOn | None:
+        """What an item with this price grants: a plan, ADD_ON (knowingly nothing), or None
+        (a price nobody has described yet).
+
+        The more specific name wins, and a plan over an add-on of the same name: a plan's
+        exact price, an add-on's price, a plan's product, an add-on's product.
+        """
         plan = self.by_price.get(price_id)
-        if plan is None and product_id is not None:
+        if plan is not None:
+            return plan
+        if price_id in self.add_on_prices:
+            return ADD_ON
+        if product_id is not None:
             plan = self.by_product.get(product_id)
-        return plan
+            if plan is not None:
+                return plan
+            if product_id in self.add_on_products:
+                return ADD_ON
+        return None
 
 
 @dataclass(frozen=True)
@@ -108,13 +149,16 @@ def entitled_plan(
         if sub.status not in granting or not sub.price_ids:
             continue
         products = tuple(sub.product_ids) + (None,) * (len(sub.price_ids) - len(sub.product_ids))
-        plans = [
-            plan
-            for price_id, product_id in zip(sub.price_ids, products, strict=False)
-            if (plan := catalog.plan_for(price_id, product_id)) is not None
-        ]
+        plans: list[PlanPrice] = []
+        undescribed: list[str] = []
+        for price_id, product_id in zip(sub.price_ids, products, strict=False):
+            found = catalog.classify(price_id, product_id)
+            if isinstance(found, PlanPrice):
+                plans.append(found)
+            elif found is None:
+                undescribed.append(price_id)
         if not plans:
-            unknown.extend(sub.price_ids)
+            unknown.extend(undescribed)  # nothing when every price is an add-on
         for plan in plans:
             if best is None or (plan.price, -plan.plan_id) > (best.price, -best.plan_id):
                 best = plan

@@ -221,6 +221,42 @@ def invoice_service_period_start(invoice: Mapping[str, Any]) -> int | None:
     return _int_or_none(invoice.get("period_end"))
 
 
+def invoice_subscription_prices(invoice: Mapping[str, Any]) -> dict[str, str | None]:
+    """The price id and product id (None if unknown) of each subscription line the invoice
+    carries, in line order.
+
+    A line names its price in `pricing.price_details` since basil, in `price` (and the
+    legacy `plan`) before. Lines of one-off invoice items are left out: they bill
+    something beside the subscription, not its period. Stripe puts up to ten lines in an
+    event; an invoice with more has the rest behind `lines.has_more`.
+    """
+    prices: dict[str, str | None] = {}
+    for line in list_data(invoice.get("lines")):
+        if not _is_subscription_line(line):
+            continue
+        pricing = line.get("pricing")
+        details = pricing.get("price_details") if isinstance(pricing, dict) else None
+        found = None
+        if isinstance(details, dict) and (price := expandable_id(details.get("price"))):
+            found = (price, expandable_id(details.get("product")))
+        found = (
+            found or _price_and_product(line.get("price")) or _price_and_product(line.get("plan"))
+        )
+        if found and found[0] not in prices:
+            prices[found[0]] = found[1]
+    return prices
+
+
+def _is_subscription_line(line: Mapping[str, Any]) -> bool:
+    """Whether an invoice line bills a subscription item: `parent.type` says since basil,
+    `type` before; a line that says neither counts."""
+    parent = line.get("parent")
+    if isinstance(parent, dict) and isinstance(parent.get("type"), str):
+        return parent["type"] == "subscription_item_details"
+    kind = line.get("type")
+    return kind == "subscription" if isinstance(kind, str) else True
+
+
 def customer_uuid_from(*candidates: Any) -> uuid.UUID | None:
     """The first candidate that is a well-formed UUID (our customer's id), if any."""
     for candidate in candidates:

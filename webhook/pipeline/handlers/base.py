@@ -65,6 +65,7 @@ def unknown_prices_message(entitlement: Entitlement) -> str:
     prices = ", ".join(entitlement.unknown_prices)
     return (
         f"no plan has stripe_price_id (or stripe_plan_id) {prices}, nor the stripe_product_id"
-        " of its product; the customer's plan was left as it was. Add the plan, then run"
-        " `python -m webhook reconcile`"
+        " of its product; the customer's plan was left as it was. Add the plan (or, for a"
+        " price that grants no plan, a row of webhook_private.add_ons), then run"
+        " `python -m webhook reconcile` and `python -m webhook replay --failed`"
     )
