@@ -216,6 +216,11 @@ def test_the_procfile_web_line_serves_and_stops_gracefully(
         ({"STRIPE_WEBHOOK_SECRET": None}, "STRIPE_WEBHOOK_SECRET is not set"),
         ({"WEB_STORE_TIMEOUT_MS": "5"}, "WEB_STORE_TIMEOUT_MS must be at least 100"),
         ({"DATABASE_URL": "postgresql://u:s3cr/et@127.0.0.1:1/x"}, "must be percent-encoded"),
+        # No database and no development one: not a throwaway PostgreSQL in the container.
+        (
+            {"DATABASE_URL": None, "EMBEDDED_PGDATA": "/nonexistent/.pgdata"},
+            "DATABASE_URL is not set",
+        ),
     ],
 )
 def test_a_bad_setting_stops_the_web_line_with_one_line(db_url, setting, reason) -> None:
@@ -238,6 +243,17 @@ def test_a_bad_setting_stops_the_web_line_with_one_line(db_url, setting, reason)
     output = done.stdout + done.stderr
     assert reason in output and "s3cr" not in output
     assert "Traceback" not in output and "Worker failed to boot" not in output
+
+
+@pytest.mark.parametrize("command", [["migrate"], ["drain", "--once"], ["events"]])
+def test_without_database_url_a_command_uses_no_database_it_would_make(tmp_path, command) -> None:
+    """A release step or a worker started without DATABASE_URL fails in one line, rather
+    than starting a PostgreSQL of its own that the next deploy throws away; only `make dev`
+    (serve) makes the embedded one, which commands in its folder then use."""
+    result = cli(*command, cwd=tmp_path, env=base_env(STRIPE_WEBHOOK_SECRET=SECRET))
+    line = one_line_error(result, 1)
+    assert "DATABASE_URL is not set" in line and "make dev" in line
+    assert not (tmp_path / ".pgdata").exists()
 
 
 def test_a_bad_web_concurrency_concerns_serving_only(db_url, tmp_path) -> None:

@@ -1,7 +1,8 @@
 """Connections to PostgreSQL: where the URL comes from, and one-line errors when it fails.
 
 Every entry point (the web app, each CLI command, the tests) resolves its database the
-same way: an explicit URL, else DATABASE_URL, else the embedded server in ./.pgdata.
+same way: an explicit URL, else DATABASE_URL, else the embedded server in ./.pgdata if
+`make dev` made one there. `serve` (make dev) alone makes it.
 """
 
 import os
@@ -34,20 +35,43 @@ DEAD_PEER_OPTIONS = {
 }
 
 
-def resolve_database_url(explicit: str | None = None) -> str:
-    """The URL to use: `explicit`, else DATABASE_URL, else the embedded server.
+NO_DATABASE = (
+    "DATABASE_URL is not set: set it to your PostgreSQL's URL (for development, `make dev`"
+    " starts an embedded PostgreSQL in ./.pgdata, which commands run in this folder then use)"
+)
 
-    A given URL that libpq cannot read, or reads otherwise than written, is refused here
-    (ConfigError), before a pool or a command tries it: libpq's messages would quote the
-    part it misread, which can be the password.
+
+def resolve_database_url(explicit: str | None = None) -> str:
+    """The URL to use: `explicit`, else DATABASE_URL, else the embedded server of
+    development if `make dev` made one here (see configured_database_url)."""
+    url = configured_database_url(explicit)
+    if url is not None:
+        return url
+    from webhook.database.embedded import embedded_database_url
+
+    return embedded_database_url()
+
+
+def configured_database_url(explicit: str | None = None) -> str | None:
+    """`explicit`, else DATABASE_URL; None when neither is set but `make dev` made the
+    embedded database here (which the caller may then start).
+
+    With neither, ConfigError: a process started without DATABASE_URL by mistake (a
+    release step, a web line) must not run on a database of its own that the next deploy
+    throws away, answering Stripe 200 for events nobody keeps. A given URL that libpq
+    cannot read, or reads otherwise than written, is refused too, before a pool or a
+    command tries it: libpq's messages would quote the part it misread, which can be the
+    password. Starts nothing (the web line's master checks this before any worker starts).
     """
     url = explicit or os.environ.get("DATABASE_URL", "").strip()
     if url:
         check_readable(url)
         return url
-    from webhook.database.embedded import embedded_database_url
+    from webhook.database.embedded import development_database_exists
 
-    return embedded_database_url()
+    if not development_database_exists():
+        raise ConfigError(NO_DATABASE)
+    return None
 
 
 def check_readable(url: str) -> None:

