@@ -293,7 +293,10 @@ def test_replay_dry_run_reports_and_changes_nothing(conn, db_url, user, failed_s
 
 
 def test_replay_failed_applies_once_the_plan_exists(conn, db_url, user, failed_signup) -> None:
-    still = succeeds(run(db_url, "replay", "--failed"))
+    repair = run(db_url, "replay", "--failed")
+    assert repair.exit_code == 1  # still failing: a script can tell
+    assert isinstance(repair.exception, SystemExit) and "Traceback" not in repair.output
+    still = repair.stdout
     assert f"{failed_signup} customer.subscription.created: failed" in still
     assert still.splitlines()[-1] == "replayed 1 event(s), 1 still failing"
     assert customer_state(conn, user)["plan_id"] is None
@@ -320,6 +323,40 @@ def test_replay_failed_applies_once_the_plan_exists(conn, db_url, user, failed_s
     # Nothing is left to replay.
     nothing = succeeds(run(db_url, "replay", "--failed"))
     assert nothing.splitlines() == ["replayed 0 event(s), 0 still failing"]
+
+
+def test_dismiss_settles_a_failed_event_with_its_reason(conn, db_url, failed_signup) -> None:
+    output = succeeds(
+        run(db_url, "events", "dismiss", failed_signup, "--reason", "test price, never sold")
+    )
+    assert output.splitlines() == [f"dismissed {failed_signup}"]
+    assert event_status(conn, failed_signup) == ("ignored", "dismissed: test price, never sold")
+    assert attempts(conn, failed_signup) == [("delivery", "failed"), ("operator", "ignored")]
+    shown = succeeds(run(db_url, "events", "show", failed_signup))
+    assert history_lines(shown)[-1] == ["operator", "ignored"]
+    assert succeeds(run(db_url, "replay", "--failed")).splitlines() == [
+        "replayed 0 event(s), 0 still failing"
+    ]
+    assert "ok   failed events: 0" in doctor(db_url).output
+
+
+@pytest.mark.parametrize("other", ["settled", "unknown"])
+def test_dismiss_is_all_or_nothing(conn, db_url, stripe, factory, failed_signup, other) -> None:
+    second = "evt_nowhere"
+    if other == "settled":
+        charge = factory.other("charge.succeeded")
+        stripe.send(charge)
+        second = charge.id
+    line = fails(run(db_url, "events", "dismiss", failed_signup, second, "--reason", "x"))
+    assert second in line and "nothing was dismissed" in line
+    assert event_status(conn, failed_signup)[0] == "failed"
+
+
+def test_dismiss_needs_a_reason(db_url, failed_signup) -> None:
+    assert "--reason" in fails(run(db_url, "events", "dismiss", failed_signup), code=2)
+    assert "reason" in fails(
+        run(db_url, "events", "dismiss", failed_signup, "--reason", "  "), code=2
+    )
 
 
 def test_replay_failed_with_type_only_replays_that_type(
@@ -447,6 +484,9 @@ def test_purge_drops_old_settled_payloads_only(conn, db_url, plans, user, stripe
     old = [old_checkout.id, old_created.id, old_ignored.id, old_failed.id]
     age(conn, old, "100 days")
 
+    counted = succeeds(run(db_url, "purge", "--older-than", "90d", "--dry-run"))
+    assert counted.strip() == "would purge the payloads of 3 event(s) older than 90 days"
+    assert payload_state(conn, old_checkout.id) == (True, False, 1)
     output = succeeds(run(db_url, "purge", "--older-than", "90d"))
     assert output.startswith("purged the payloads of 3 event(s)")
     for event_id in (old_checkout.id, old_created.id, old_ignored.id):
@@ -470,6 +510,17 @@ def test_purge_drops_old_settled_payloads_only(conn, db_url, plans, user, stripe
 
     again = succeeds(run(db_url, "purge", "--older-than", "90d"))
     assert again.startswith("purged the payloads of 0 event(s)")
+
+
+def test_purge_of_recent_events_needs_yes(conn, db_url, stripe, factory) -> None:
+    charge = factory.other("charge.succeeded")
+    stripe.send(charge)
+    age(conn, [charge.id], "2 hours")
+    line = fails(run(db_url, "purge", "--older-than", "90m"), code=2)
+    assert "90 minutes" in line and "--yes" in line
+    assert payload_state(conn, charge.id) == (True, False, 1)
+    output = succeeds(run(db_url, "purge", "--older-than", "90m", "--yes"))
+    assert output.startswith("purged the payloads of 1 event(s) older than 90 minutes")
 
 
 @pytest.mark.parametrize("args", [["--older-than", "soon"], ["--older-than", "0d"], []])

@@ -87,6 +87,26 @@ def test_an_unhandled_type_is_acknowledged_and_marked_ignored(conn, stripe, fact
     assert event_status(conn, delivery.id)[0] == "ignored"
 
 
+def test_a_queued_redelivery_is_applied_as_stored_not_as_its_own_body(
+    conn, client, user, factory
+) -> None:
+    """A failed event delivered again is queued again; the drain applies the stored payload
+    (what `events show` and `replay` use), not the body of the request that re-queued it."""
+    poison = factory.checkout_completed(
+        customer="cus_1", subscription=None,
+        client_reference_id="00000000-0000-4000-8000-000000000bad",
+    )  # fmt: skip
+    stripe = StripeSender(client)
+    stripe.send(poison)
+    assert event_status(conn, poison.id)[0] == "failed"
+    other_body = factory.checkout_completed(
+        customer="cus_1", subscription=None, client_reference_id=str(user)
+    ).event
+    stripe.send(Delivery.from_event({**other_body, "id": poison.id}))
+    assert event_status(conn, poison.id)[0] == "failed"  # the stored payload, again
+    assert customer_state(conn, user)["stripe_customer_id"] is None
+
+
 def test_a_duplicate_is_acknowledged_and_counted_once(conn, stripe, factory) -> None:
     delivery = factory.other()
     first, second = stripe.send(delivery), stripe.send(delivery)

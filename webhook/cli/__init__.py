@@ -41,7 +41,8 @@ class _Group(click.Group):
     envvar="DATABASE_URL",
     default=None,
     metavar="URL",
-    help="PostgreSQL URL. Default: $DATABASE_URL, else the embedded server in ./.pgdata.",
+    help="PostgreSQL URL. Default: $DATABASE_URL, else the embedded server `make dev` made"
+    " in ./.pgdata.",
 )
 @click.pass_context
 def cli(ctx: click.Context, database_url: str | None) -> None:

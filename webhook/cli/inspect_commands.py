@@ -175,18 +175,35 @@ def show_customer(ctx: click.Context, customer_uuid: str) -> None:
         click.echo(f"history:    {name:<12} {started:%Y-%m-%d %H:%M:%S} -> {ended or 'now'}")
 
 
+# Below this age, purge asks for --yes: a typo (90m for 90d) would drop the payloads that
+# `events show` and `replay` need for the events of the last days, for good.
+PURGE_CONFIRM_BELOW = timedelta(days=7)
+
+
 @cli.command()
 @click.option("--older-than", "older_than", type=DURATION, required=True, help="e.g. 90d")
+@click.option("--dry-run", is_flag=True, help="Count what would be purged; purge nothing.")
+@click.option("--yes", is_flag=True, help="Needed for an age under 7 days.")
 @click.pass_context
-def purge(ctx: click.Context, older_than: timedelta) -> None:
+def purge(ctx: click.Context, older_than: timedelta, dry_run: bool, yes: bool) -> None:
     """Drop stored payloads of settled events older than the given age; keep their ids.
 
     Payloads hold personal data. Ids stay, so a late redelivery is still recognised as a
     duplicate. Failed events keep their payload for replay.
     """
+    if older_than < PURGE_CONFIRM_BELOW and not (yes or dry_run):
+        raise click.UsageError(
+            f"--older-than {_human(older_than)} would drop the payloads of events from the"
+            " last days, which `events show` and `replay` need; add --yes if you mean it"
+        )
     purged = 0
     with database(ctx, autocommit=True) as conn:
         total = _purgeable(conn, older_than)
+        if dry_run:
+            click.echo(
+                f"would purge the payloads of {total} event(s) older than {_human(older_than)}"
+            )
+            return
         while True:
             count = conn.execute(
                 """

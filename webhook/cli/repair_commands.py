@@ -1,4 +1,5 @@
-"""reconcile and replay: repairing plans after the data or the configuration changed."""
+"""reconcile, replay and events dismiss: repairing plans and events after the data or the
+configuration changed, or settling the events that cannot be repaired."""
 
 from collections.abc import Callable
 
@@ -6,6 +7,8 @@ import click
 
 from webhook.cli import cli
 from webhook.cli.context import connector, database, processing_rules, require_schema
+from webhook.cli.inspect_commands import events
+from webhook.core.errors import ProjectError
 from webhook.pipeline.reconcile import reconcile as reconcile_plans
 from webhook.pipeline.replay import failed_event_ids, iter_replay
 from webhook.pipeline.replay_result import ReplayResult
@@ -90,6 +93,54 @@ def replay(
             failed += result.outcome.status == "failed"
     prefix = "dry run, nothing kept: " if dry_run else ""
     click.echo(f"{prefix}replayed {replayed} event(s), {failed} still failing")
+    if failed and not dry_run:
+        ctx.exit(1)  # scripts and release steps can tell that the repair is not complete
+
+
+@events.command("dismiss")
+@click.argument("event_ids", nargs=-1, required=True)
+@click.option("--reason", required=True, help="Why: kept with the event and in its history.")
+@click.pass_context
+def dismiss(ctx: click.Context, event_ids: tuple[str, ...], reason: str) -> None:
+    """Settle failed events that cannot be repaired as ignored, keeping the reason.
+
+    They stop counting as failed (metrics, `doctor`, `replay --failed`); their payload and
+    history stay, and a redelivery of one is answered as a duplicate. All or nothing: an id
+    that is not a failed event changes none of them.
+    """
+    reason = reason.strip()
+    if not reason:
+        raise click.BadParameter("give a reason", param_hint="'--reason'")
+    ids = list(dict.fromkeys(event_ids))
+    with database(ctx) as conn:
+        require_schema(conn)
+        found = dict(
+            conn.execute(
+                "select id, status from webhook_private.events where id = any(%s) for update",
+                (ids,),
+            ).fetchall()
+        )
+        for event_id in ids:
+            if event_id not in found:
+                raise ProjectError(f"no event {event_id} in the inbox; nothing was dismissed")
+            if found[event_id] != "failed":
+                raise ProjectError(
+                    f"{event_id} is {found[event_id]}, not failed: only failed events can be"
+                    " dismissed; nothing was dismissed"
+                )
+        conn.execute(
+            "update webhook_private.events set status = 'ignored', error = %s,"
+            " processed_at = now() where id = any(%s)",
+            (f"dismissed: {reason}", ids),
+        )
+        conn.execute(
+            "insert into webhook_private.event_attempts (event_id, trigger, outcome, error)"
+            " select unnest(%s::text[]), 'operator', 'ignored', %s",
+            (ids, f"dismissed: {reason}"),
+        )
+        conn.commit()
+    for event_id in ids:
+        click.echo(f"dismissed {event_id}")
 
 
 def describe_result(result: ReplayResult) -> str:

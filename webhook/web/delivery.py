@@ -102,8 +102,13 @@ def stored(service: Service, event: Event, row: Stored, started: float) -> Answe
     count, answer. `started` is when storing began (time.perf_counter)."""
     if service.settings.web_drain and not service.drain.running:
         service.drain.start()  # any server; gunicorn's config starts it at boot already
-    if row.new or row.status == "received":
+    if row.new:
         service.drain.wake(event)
+    elif row.status == "received":
+        # A redelivery of an event still queued: the drain applies what was stored, never
+        # this request's body (the same event as Stripe signed it, but the stored payload
+        # is what `events show` and `replay` use).
+        service.drain.wake()
     if row.new:
         metrics.RECEIVED.labels(event.type).inc()
     else:
