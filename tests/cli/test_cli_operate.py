@@ -192,7 +192,7 @@ def test_a_duration_beyond_a_century_is_refused_in_one_line(db_url, args) -> Non
         ["events"],
         ["events", "show", "evt_1"],
         ["reconcile"],
-        ["purge", "--older-than", "1d"],
+        ["purge", "--older-than", "30d"],
         ["customer", str(uuid.UUID(int=7))],
     ],
 )

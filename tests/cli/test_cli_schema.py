@@ -62,6 +62,28 @@ def test_migrate_status_lists_each_file(db_url) -> None:
     assert "file changed" not in result.output
 
 
+def test_a_database_migrated_by_a_newer_version_says_so(conn, db_url) -> None:
+    """After a rollback of the code, the database has migrations this version lacks:
+    `migrate --status`, `migrate` and `doctor` name them."""
+    conn.execute(
+        "insert into webhook_private.schema_migrations (version, name, checksum)"
+        " values ('999', 'from_the_future', 'x')"
+    )
+    status = run(db_url, "migrate", "--status")
+    assert status.exit_code == 0, status.output
+    lines = status.output.splitlines()
+    assert "unknown  999_from_the_future  (applied by a newer version of this code)" in lines
+    assert lines[-1] == f"{len(SHIPPED)} applied, 0 pending, 1 unknown to this version"
+    assert "999_from_the_future" in run(db_url, "migrate").stderr
+    doctor = CliRunner().invoke(
+        cli, ["--database-url", db_url, "doctor"], env={"STRIPE_WEBHOOK_SECRET": "whsec_x"}
+    )
+    assert doctor.exit_code == 1
+    assert "FIX  the database has migrations this code does not know: 999_from_the_future" in (
+        doctor.output
+    )
+
+
 def test_an_unmigrated_database(empty_db_url) -> None:
     status = run(empty_db_url, "migrate", "--status")
     assert status.exit_code == 0, status.output

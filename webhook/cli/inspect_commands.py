@@ -286,6 +286,11 @@ def _doctor_database(conn: psycopg.Connection, report: Callable[..., None]) -> N
            "run `python -m webhook migrate`")  # fmt: skip
     if waiting and len(waiting) == len(states):
         return
+    newer = migrations.unknown(conn)
+    if newer:
+        report(False, f"the database has migrations this code does not know: {', '.join(newer)}",
+               "a newer version migrated it: run that version here (this one may not write"
+               " what the newer schema expects), or restore the database")  # fmt: skip
     changed = [s.migration.path.name for s in states if not s.checksum_matches]
     if changed:
         report(False, f"migrations changed after being applied: {', '.join(changed)}",

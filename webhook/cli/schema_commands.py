@@ -33,6 +33,13 @@ def migrate(ctx: click.Context, show_status: bool) -> None:
         applied = migrations.migrate(conn, report=click.echo)
         if not applied:
             click.echo("nothing to apply: the schema is up to date")
+        newer = migrations.unknown(conn)
+        if newer:
+            click.echo(
+                f"note: the database also has migrations this version does not know"
+                f" ({', '.join(newer)}): a newer version migrated it",
+                err=True,
+            )
 
 
 def _refuse_a_transaction_pooler(ctx: click.Context) -> None:
@@ -62,8 +69,14 @@ def _print_status(conn) -> None:
         else:
             note = "" if state.checksum_matches else "  (file changed since it was applied)"
             click.echo(f"applied  {name}  {state.applied_at:%Y-%m-%d %H:%M:%S%z}{note}")
+    newer = migrations.unknown(conn)
+    for name in newer:
+        click.echo(f"unknown  {name}  (applied by a newer version of this code)")
     waiting = sum(s.pending for s in states)
-    click.echo(f"{len(states) - waiting} applied, {waiting} pending")
+    click.echo(
+        f"{len(states) - waiting} applied, {waiting} pending"
+        + (f", {len(newer)} unknown to this version" if newer else "")
+    )
 
 
 @cli.command()

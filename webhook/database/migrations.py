@@ -98,6 +98,20 @@ def status(conn: psycopg.Connection, schema_dir: Path = SCHEMA_DIR) -> list[Migr
     return states
 
 
+def unknown(conn: psycopg.Connection, schema_dir: Path = SCHEMA_DIR) -> list[str]:
+    """Migrations the database has that this code does not ship ("018_name"), oldest
+    first: a newer version migrated it, and this one (a rollback, a lagging instance) may
+    not know what they changed."""
+    known = {migration.version for migration in discover(schema_dir)}
+    exists = conn.execute("select to_regclass('webhook_private.schema_migrations')").fetchone()
+    if not exists or exists[0] is None:
+        return []
+    rows = conn.execute(
+        "select version, name from webhook_private.schema_migrations order by version"
+    ).fetchall()
+    return [f"{version}_{name}" for version, name in rows if version not in known]
+
+
 def pending(conn: psycopg.Connection, schema_dir: Path = SCHEMA_DIR) -> list[Migration]:
     """The migrations not applied yet."""
     return [s.migration for s in status(conn, schema_dir) if s.pending]
