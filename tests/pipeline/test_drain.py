@@ -369,6 +369,34 @@ def test_doctor_warns_when_the_queue_lags(db_url, conn, factory) -> None:
     assert "drain" in output
 
 
+def test_doctor_names_a_session_that_holds_customers_behind_a_lagging_queue(
+    db_url, conn, factory, make_user, monkeypatch
+) -> None:
+    """The drains pass over customers another transaction holds: when the queue lags
+    because of such a session, doctor names it instead of blaming the drains."""
+    from webhook.cli import inspect_commands
+
+    monkeypatch.setattr(inspect_commands, "LAG_WARNING_SECONDS", 1)
+    user = make_user()
+    receive(conn, [factory.other("charge.succeeded")])
+    conn.execute("update webhook_private.events set received_at = now() - interval '10 minutes'")
+    with psycopg.connect(db_url, application_name="billing-admin") as holder:
+        pid = holder.info.backend_pid
+        holder.execute("select 1 from public.customer where uuid = %s for update", (user,))
+        time.sleep(1.5)
+        output = (
+            CliRunner()
+            .invoke(
+                cli, ["--database-url", db_url, "doctor"], env={"STRIPE_WEBHOOK_SECRET": "whsec_x"}
+            )
+            .output
+        )
+    line = next(line for line in output.splitlines() if "queue:" in line)
+    assert line.startswith("FIX  queue: 1 event(s) waiting")
+    assert f"session {pid} (billing-admin, idle in transaction)" in line
+    assert "pg_terminate_backend" in output
+
+
 def test_a_drain_waits_while_migrations_are_pending(conn, db_url) -> None:
     """Code started before its migrations ran (no release step) applies nothing until they
     have: the drain retries, and applies the queue once the schema has caught up."""

@@ -14,8 +14,10 @@ from collections.abc import Callable
 
 import psycopg
 import pytest
+from click.testing import CliRunner
 from stripe_events import API_VERSIONS, MONTH, Delivery, EventFactory
 
+from webhook.cli import cli
 from webhook.core.config import DEFAULT_ENTITLED_STATUSES
 from webhook.pipeline import inbox
 from webhook.pipeline.drain import drain_until_empty
@@ -97,7 +99,7 @@ def pro_and_storage(f: EventFactory, user: uuid.UUID, *, storage_first: bool) ->
 @pytest.mark.parametrize("way", WAYS)
 @pytest.mark.parametrize("named_by", ["price", "product"])
 def test_a_listed_add_on_neither_keeps_a_cancelled_plan_nor_blocks_a_paid_one(
-    conn, plans, make_user, factory, way, named_by
+    conn, db_url, plans, make_user, factory, way, named_by
 ) -> None:
     add_on(conn, **{named_by: STORAGE if named_by == "price" else "prod_storage"})
     user = make_user()
@@ -108,6 +110,10 @@ def test_a_listed_add_on_neither_keeps_a_cancelled_plan_nor_blocks_a_paid_one(
     assert plan_of(conn, user) is None
     statuses = conn.execute("select distinct status from webhook_private.events").fetchall()
     assert statuses == [("processed",)]
+    doctor = CliRunner().invoke(
+        cli, ["--database-url", db_url, "doctor"], env={"STRIPE_WEBHOOK_SECRET": "whsec_x"}
+    )
+    assert "ok   live subscriptions whose prices match no plan: 0" in doctor.output
 
 
 def test_with_the_add_on_listed_any_order_and_either_mode_ends_alike(

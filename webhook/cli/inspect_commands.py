@@ -225,6 +225,31 @@ def purge(ctx: click.Context, older_than: timedelta, dry_run: bool, yes: bool) -
     click.echo(f"purged the payloads of {purged} event(s) older than {_human(older_than)}")
 
 
+def _long_customer_holders(conn: psycopg.Connection) -> list[str]:
+    """Sessions whose transaction has held locks on public.customer for longer than the
+    lag threshold: the drains skip the customers whose rows another transaction holds, so
+    such a session, not a missing drain, is what keeps their events queued. Empty when the
+    role may not see other sessions (pg_stat_activity hides them)."""
+    rows = conn.execute(
+        """
+        select a.pid, coalesce(nullif(a.application_name, ''), 'no application name'),
+               a.state, extract(epoch from now() - a.xact_start)
+          from pg_stat_activity a
+         where a.datname = current_database() and a.pid <> pg_backend_pid()
+           and a.xact_start < now() - make_interval(secs => %s)
+           and exists (select from pg_locks l
+                        where l.pid = a.pid and l.relation = 'public.customer'::regclass)
+         order by a.xact_start
+        """,
+        (LAG_WARNING_SECONDS,),
+    ).fetchall()
+    return [
+        f"session {pid} ({application}, {state}) has held rows of public.customer for"
+        f" {seconds:.0f}s"
+        for pid, application, state, seconds in rows
+    ]
+
+
 def _human(age: timedelta) -> str:
     """A duration as the operator would write it: 90 days, 1 hour, 30 minutes."""
     seconds = int(age.total_seconds())
@@ -315,10 +340,17 @@ def _doctor_database(conn: psycopg.Connection, report: Callable[..., None]) -> N
         "select count(*), coalesce(extract(epoch from now() - min(received_at)), 0)"
         " from webhook_private.events where status = 'received'"
     ).fetchone()
-    report(lag <= LAG_WARNING_SECONDS,
-           f"queue: {queued} event(s) waiting, the oldest for {lag:.0f}s",
-           "the drains are behind or not running: check that the web process (or"
-           " `python -m webhook drain`) runs and reaches the database")  # fmt: skip
+    holders = _long_customer_holders(conn) if lag > LAG_WARNING_SECONDS else []
+    if holders:
+        report(False, f"queue: {queued} event(s) waiting, the oldest for {lag:.0f}s; "
+               + "; ".join(holders) + " (the drains pass over the customers it holds)",
+               "end that transaction in the application, or"
+               " `select pg_terminate_backend(<pid>)`")  # fmt: skip
+    else:
+        report(lag <= LAG_WARNING_SECONDS,
+               f"queue: {queued} event(s) waiting, the oldest for {lag:.0f}s",
+               "the drains are behind or not running: check that the web process (or"
+               " `python -m webhook drain`) runs and reaches the database")  # fmt: skip
     stuck, refused = conn.execute(
         "select count(*) filter (where status = 'pending' and requested_at < now() - interval '1 minute'),"
         " count(*) filter (where status = 'failed') from webhook_private.link_requests"
@@ -328,6 +360,7 @@ def _doctor_database(conn: psycopg.Connection, report: Callable[..., None]) -> N
            " `python -m webhook sync`, which applies them too)")  # fmt: skip
     report(refused == 0, f"application links that could not be applied: {refused}",
            "see webhook_private.link_requests where status = 'failed' for the reason")  # fmt: skip
+    # Subscriptions of add-ons only (webhook_private.add_ons) grant nothing, knowingly.
     orphans = conn.execute(
         """
         select count(*) from webhook_private.subscriptions s
@@ -336,8 +369,14 @@ def _doctor_database(conn: psycopg.Connection, report: Callable[..., None]) -> N
              select from public.plans p
               where p.stripe_price_id = any(s.price_ids) or p.stripe_plan_id = any(s.price_ids)
                  or p.stripe_product_id = any(s.product_ids))
+           and exists (
+             select from unnest(s.price_ids, s.product_ids) as item(price, product)
+              where not exists (
+                select from webhook_private.add_ons a
+                 where a.stripe_price_id = item.price or a.stripe_product_id = item.product))
         """
     ).fetchone()[0]
     report(orphans == 0, f"live subscriptions whose prices match no plan: {orphans}",
-           "add plans for their prices or products, then run `python -m webhook reconcile`")  # fmt: skip
+           "add plans for their prices or products (or list add-ons in"
+           " webhook_private.add_ons), then run `python -m webhook reconcile`")  # fmt: skip
     click.echo(f"info auth: {migrations.describe_auth(conn)}")
