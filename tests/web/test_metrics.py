@@ -1,11 +1,22 @@
 """GET /metrics: Prometheus text with event, signature and inbox figures."""
 
 import re
+import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
+import urllib.request
 
 import psycopg
+from servers import base_env, free_port
 from stripe_events import sign
 from webhook_support import SECRET, StripeSender
+
+from webhook.pipeline import inbox
+from webhook.pipeline.drain import queued
+from webhook.stripe.payloads import parse_event
 
 
 def scrape(client) -> str:
@@ -111,3 +122,56 @@ def test_the_queue_is_seen_in_metrics_and_readyz(conn, app, client, factory) -> 
     slow = "webhook_received_to_applied_seconds_bucket"
     assert value(after, slow, le="60.0") == value(before, slow, le="60.0")  # all waited >60 s
     assert value(after, "webhook_events_received_total", type="charge.succeeded") >= 3
+
+
+def test_a_drain_of_its_own_serves_what_it_applied(db_url, conn, factory) -> None:
+    """With WEB_DRAIN=off and a `worker:` line, the web workers count none of the applying;
+    `drain --metrics-port` shows it: outcomes by type, received→applied time, the inbox."""
+    port = free_port()
+    env = base_env(DATABASE_URL=db_url, STRIPE_WEBHOOK_SECRET=SECRET, HOST="127.0.0.1")
+    drain = subprocess.Popen(
+        [sys.executable, "-m", "webhook", "drain", "--metrics-port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        for _ in range(3):
+            delivery = factory.other("charge.succeeded")
+            inbox.receive(conn, parse_event(delivery.event, delivery.body.decode()))
+        deadline = time.monotonic() + 30
+        while queued(conn) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not queued(conn)
+        text = ""
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                    text = r.read().decode()
+                if value(text, "webhook_events_total", type="charge.succeeded", outcome="ignored"):
+                    break
+            except OSError:
+                pass
+            time.sleep(0.1)
+        assert value(text, "webhook_events_total", type="charge.succeeded", outcome="ignored") == 3
+        assert value(text, "webhook_received_to_applied_seconds_count") == 3
+        assert value(text, "webhook_inbox_events", status="received") == 0
+    finally:
+        drain.send_signal(signal.SIGTERM)
+        _, errors = drain.communicate(timeout=30)
+    assert drain.returncode == 0, errors
+    assert "Traceback" not in errors
+
+
+def test_a_drain_whose_metrics_port_is_taken_says_so_in_one_line(db_url) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = base_env(DATABASE_URL=db_url, HOST="127.0.0.1")
+        done = subprocess.run(
+            [sys.executable, "-m", "webhook", "drain", "--metrics-port", str(port)],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"Error: cannot serve metrics on 127.0.0.1:{port}: Address already in use"
+    ]

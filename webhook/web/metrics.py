@@ -8,7 +8,9 @@ queue), and the queue's lag, the age of its oldest event. Labels are event
 types and fixed words only; no ids, no customer data.
 """
 
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import psycopg
 from prometheus_client import (
@@ -124,6 +126,36 @@ def observe_applied(applied: Sequence[Applied]) -> None:
     for event in applied:
         EVENTS.labels(event.event_type, event.outcome.status).inc()
         APPLY_DELAY_SECONDS.observe(event.waited_seconds)
+
+
+def serve_in_background(database: Database, host: str, port: int) -> Callable[[], None]:
+    """Serve GET /metrics (what `render` gives) on host:port from a daemon thread, for a
+    process without the web app (`python -m webhook drain --metrics-port`); returns the
+    function that stops it. Raises OSError if the port cannot be bound."""
+
+    def app(environ: dict, start_response: Callable) -> list[bytes]:
+        if environ.get("PATH_INFO") != "/metrics" or environ.get("REQUEST_METHOD") != "GET":
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"not found: GET /metrics\n"]
+        body = render(database)
+        start_response(
+            "200 OK", [("Content-Type", CONTENT_TYPE), ("Content-Length", str(len(body)))]
+        )
+        return [body]
+
+    class _Quiet(WSGIRequestHandler):
+        def log_message(self, *_args: object) -> None:  # scrapes are not worth a log line
+            pass
+
+    server = make_server(host, port, app, handler_class=_Quiet)
+    thread = threading.Thread(target=server.serve_forever, name="drain-metrics", daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+
+    return stop
 
 
 def render(database: Database) -> bytes:
