@@ -272,9 +272,11 @@ def test_a_bad_web_concurrency_concerns_serving_only(db_url, tmp_path) -> None:
 
 @pytest.fixture
 def served(db_url, tmp_path, request) -> tuple[ServerProcess, int]:
-    """`python -m webhook serve` on a free port, against the test's database."""
+    """`python -m webhook serve` on a free port, against the test's database (with
+    `indirect` parametrisation, extra variables for the server)."""
     port = free_port()
-    env = base_env(DATABASE_URL=db_url, STRIPE_WEBHOOK_SECRET=SECRET)
+    env = base_env(DATABASE_URL=db_url, STRIPE_WEBHOOK_SECRET=SECRET,
+                   **getattr(request, "param", {}))  # fmt: skip
     server = start(
         "serve",
         [sys.executable, "-m", "webhook", "serve", "--port", str(port), "--workers", "1"],
@@ -314,6 +316,23 @@ def trigger_lifecycle(port: int, customer: uuid.UUID, tmp_path: Path, *options: 
     )
 
 
+@pytest.mark.parametrize("served", [{"WEB_DRAIN": "off"}], indirect=True)
+def test_trigger_says_when_no_drain_applies_its_events(
+    db_url, plans, make_user, served, tmp_path
+) -> None:
+    _, port = served
+    customer = make_user()
+    result = cli(
+        "--database-url", db_url, "trigger", "invoice.paid", "--url",
+        f"http://{HOST}:{port}/webhook", "--customer", str(customer), "--wait", "2",
+        cwd=tmp_path, env=base_env(STRIPE_WEBHOOK_SECRET=SECRET),
+    )  # fmt: skip
+    line = one_line_error(result, 1)
+    assert "-> 200 " in result.stdout and "not applied yet" in result.stdout
+    assert line.startswith("Error: the server stored the events, but nothing applied them")
+    assert "is a drain running" in line
+
+
 def test_trigger_lifecycle_against_a_running_server(
     conn, plans, make_user, served, tmp_path
 ) -> None:
@@ -325,7 +344,7 @@ def test_trigger_lifecycle_against_a_running_server(
     assert len(lines) == 7, result.stdout
     assert all("-> 200 " in line for line in lines), result.stdout
     assert plan_name(conn, customer) == "Pro"
-    assert customer_state(conn, customer)["stripe_customer_id"] == f"cus_dev_{customer.hex[:14]}"
+    assert customer_state(conn, customer)["stripe_customer_id"] == f"cus_dev_{customer.hex}"
     stored = conn.execute(
         "select count(*) from webhook_private.events where status in ('processed', 'ignored')"
     ).fetchone()[0]

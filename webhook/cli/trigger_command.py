@@ -4,8 +4,9 @@ Like `stripe trigger`, but it needs no Stripe account: the events are built loca
 shape of the API version asked for and signed with the server's secret
 (STRIPE_WEBHOOK_SECRET, else the development secret in ./.dev-secret). Stripe ids are
 derived from the customer's uuid, so separate invocations describe one subscription.
-The server answers as soon as it has stored an event; trigger then waits (at most
-APPLY_WAIT_SECONDS) until its drain has applied them, and prints each outcome.
+The server answers as soon as it has stored an event; trigger then waits (at most --wait
+seconds, APPLY_WAIT_SECONDS by default) until its drain has applied them, prints each
+outcome, and fails if some were still not applied.
 """
 
 import json
@@ -35,6 +36,9 @@ from webhook.fixtures import API_VERSIONS, ENDIVE_API, MONTH, Delivery, EventFac
 EVENT_TYPE = re.compile(r"[a-z0-9_]+(\.[a-z0-9_]+)+")
 # An API version: its release date, then (from 2024-09-30 on) the release's name.
 API_VERSION = re.compile(r"(\d{4}-\d{2}-\d{2})(\.[a-z]+)?")
+
+# How long trigger waits, by default, for the server's drain to apply what it posted.
+APPLY_WAIT_SECONDS = 15.0
 
 SUBSCRIPTION_TYPES = (
     "customer.subscription.created",
@@ -71,6 +75,14 @@ SUBSCRIPTION_TYPES = (
     show_default=True,
     help=f"Payload shape, e.g. {', '.join(API_VERSIONS)}.",
 )
+@click.option(
+    "--wait",
+    "wait_seconds",
+    type=click.FloatRange(0, 600),
+    default=APPLY_WAIT_SECONDS,
+    show_default=True,
+    help="Seconds to wait for the server's drain to apply the events (0: do not wait).",
+)
 @click.pass_context
 def trigger(
     ctx: click.Context,
@@ -81,6 +93,7 @@ def trigger(
     status: str | None,
     url: str,
     api_version: str,
+    wait_seconds: float,
 ) -> None:
     """Post a signed EVENT_TYPE (or `lifecycle`: sign-up, renewal, cancel) to URL."""
     if not url.startswith(("http://", "https://")):
@@ -114,13 +127,19 @@ def trigger(
             click.echo(f"{delivery.type:<45} {delivery.id}  -> {status_code} {answer}")
             raise ProjectError(f"the server answered {status_code} to {delivery.type}")
         answers.append((delivery, status_code, answer))
-    outcomes = _wait_until_applied(ctx, [d.id for d in deliveries])
+    ids = [d.id for d in deliveries]
+    outcomes = _wait_until_applied(ctx, ids, wait_seconds) if wait_seconds > 0 else {}
     for delivery, status_code, answer in answers:
         applied = f"; applied: {outcomes[delivery.id]}" if delivery.id in outcomes else ""
+        if outcomes.get(delivery.id) == "received":
+            applied = "; not applied yet"
         click.echo(f"{delivery.type:<45} {delivery.id}  -> {status_code} {answer}{applied}")
-
-
-APPLY_WAIT_SECONDS = 15.0
+    if "received" in outcomes.values():
+        raise ProjectError(
+            f"the server stored the events, but nothing applied them within"
+            f" {wait_seconds:g}s: is a drain running (WEB_DRAIN=off needs"
+            " `python -m webhook drain`)?"
+        )
 
 
 def _is_api_version(text: str) -> bool:
@@ -135,8 +154,11 @@ def _is_api_version(text: str) -> bool:
     return True
 
 
-def _wait_until_applied(ctx: click.Context, event_ids: list[str]) -> dict[str, str]:
-    """The outcome of each event once the server's drain has applied it (queued mode).
+def _wait_until_applied(
+    ctx: click.Context, event_ids: list[str], wait_seconds: float
+) -> dict[str, str]:
+    """The outcome of each event once the server's drain has applied it (queued mode),
+    or `received` for one still queued after `wait_seconds`.
 
     Read from the database the server uses (--database-url, DATABASE_URL, or the embedded
     one of `make dev`); if it cannot be read, the answers alone are shown.
@@ -147,7 +169,7 @@ def _wait_until_applied(ctx: click.Context, event_ids: list[str]) -> dict[str, s
         return {}  # no database of this project here: start none just to read outcomes
     try:
         with database(ctx, autocommit=True) as conn:
-            deadline = time.monotonic() + APPLY_WAIT_SECONDS
+            deadline = time.monotonic() + wait_seconds
             while True:
                 rows = conn.execute(
                     "select id, status, coalesce(error, '') from webhook_private.events"
@@ -186,8 +208,9 @@ class _TriggerEvents:
     ) -> None:
         self.customer = customer
         self.price = price
-        self.stripe_customer = f"cus_dev_{customer.hex[:14]}"
-        self.subscription = f"sub_dev_{customer.hex[:14]}"
+        # The whole uuid: test uuids often share their first digits (…0001, …0003).
+        self.stripe_customer = f"cus_dev_{customer.hex}"
+        self.subscription = f"sub_dev_{customer.hex}"
         # A seed of its own each run: ids from a fixed seed would repeat those of the run
         # before, and the service would answer each event as a duplicate of that one.
         self.factory = EventFactory(api_version, start=int(time.time()), seed=secrets.randbits(64))
