@@ -397,9 +397,10 @@ def test_doctor_names_a_session_that_holds_customers_behind_a_lagging_queue(
     assert "pg_terminate_backend" in output
 
 
-def test_a_drain_waits_while_migrations_are_pending(conn, db_url) -> None:
+def test_a_drain_waits_while_migrations_are_pending(conn, db_url, caplog) -> None:
     """Code started before its migrations ran (no release step) applies nothing until they
-    have: the drain retries, and applies the queue once the schema has caught up."""
+    have: the drain retries, and applies the queue once the schema has caught up; the log
+    says once why it waits, and once that it resumed."""
     setup(conn)
     factory = EventFactory(start=1_700_000_000)
     delivery = factory.subscription(
@@ -425,3 +426,6 @@ def test_a_drain_waits_while_migrations_are_pending(conn, db_url) -> None:
         assert not queued(conn)
     finally:
         worker.stop()
+    lines = [r.getMessage() for r in caplog.records if r.name == "webhook.pipeline.drain_worker"]
+    assert len([line for line in lines if "pending" in line and "waiting" in line]) == 1
+    assert lines[-1] == "drain: resumed"

@@ -107,6 +107,30 @@ def test_a_queued_redelivery_is_applied_as_stored_not_as_its_own_body(
     assert customer_state(conn, user)["stripe_customer_id"] is None
 
 
+def test_an_outage_is_logged_once_per_reason_and_interval(caplog, monkeypatch) -> None:
+    """Every delivery gets 503 while the database is out; the log gets a line per reason
+    per OUTAGE_LOG_SECONDS, saying how many were answered so in between."""
+    from webhook.core.errors import DatabaseUnavailable
+    from webhook.web import delivery
+
+    monkeypatch.setattr(delivery, "OUTAGE_LOG_SECONDS", 0.2)
+    monkeypatch.setattr(delivery, "_outage_log", delivery._OutageLog())
+    stalled = DatabaseUnavailable("the database has not stored a delivery for 5 s")
+    with caplog.at_level(logging.WARNING, logger="webhook.web.delivery"):
+        for _ in range(5):
+            assert delivery.database_unavailable(stalled).status == 503
+        delivery.database_unavailable(DatabaseUnavailable("connection refused"))
+        time.sleep(0.25)
+        delivery.database_unavailable(DatabaseUnavailable("connection refused"))
+        delivery.database_unavailable(stalled)
+    assert [r.getMessage() for r in caplog.records] == [
+        "database unavailable: the database has not stored a delivery for 5 s",
+        "database unavailable: connection refused (4 more answered 503 since the last line)",
+        "database unavailable: connection refused",  # the interval is over
+        "database unavailable: the database has not stored a delivery for 5 s",
+    ]
+
+
 def test_a_duplicate_is_acknowledged_and_counted_once(conn, stripe, factory) -> None:
     delivery = factory.other()
     first, second = stripe.send(delivery), stripe.send(delivery)

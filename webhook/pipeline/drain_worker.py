@@ -155,6 +155,9 @@ class DrainWorker:
         while not self._stop.is_set():
             try:
                 busy = self.cycle()
+                if self._last_warning is not None:
+                    # Paired with the warning that said why it waited, at the same level.
+                    log.warning("drain: resumed")
                 backoff, self._last_warning = 0.0, None
             except SchemaBehind as exc:
                 # A new version started before its migrations ran (no release step): applying

@@ -16,6 +16,7 @@ too, and the 200 carries its outcome.
 
 import logging
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -75,8 +76,37 @@ def read(service: Service, payload: bytes, signature: str | None) -> Event | Ans
         return error(400, str(exc))
 
 
+# While the database is out, every delivery is answered 503: one log line per reason per
+# this many seconds, with how many were answered so meanwhile, instead of one per request.
+OUTAGE_LOG_SECONDS = 10.0
+
+
+class _OutageLog:
+    """The 503s' log lines, thinned out (request threads and the event loop share it)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last_reason: str | None = None
+        self._last_at = float("-inf")
+        self._unlogged = 0
+
+    def warn(self, reason: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if reason == self._last_reason and now - self._last_at < OUTAGE_LOG_SECONDS:
+                self._unlogged += 1
+                return
+            unlogged, self._unlogged = self._unlogged, 0
+            self._last_reason, self._last_at = reason, now
+        more = f" ({unlogged} more answered 503 since the last line)" if unlogged else ""
+        log.warning("database unavailable: %s%s", reason, more)
+
+
+_outage_log = _OutageLog()
+
+
 def database_unavailable(exc: DatabaseUnavailable) -> Answer:
-    log.warning("database unavailable: %s", exc)
+    _outage_log.warn(str(exc))
     metrics.DATABASE_UNAVAILABLE.inc()
     return error(503, "database unavailable, retry later", {"Retry-After": RETRY_AFTER_SECONDS})
 
