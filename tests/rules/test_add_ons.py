@@ -225,3 +225,26 @@ def test_the_add_on_list_names_one_price_or_one_product(conn) -> None:
     add_on(conn, price="price_x")
     with pytest.raises(psycopg.errors.UniqueViolation), conn.transaction():
         add_on(conn, price="price_x")
+
+
+def test_an_invoice_cut_short_is_not_taken_for_add_ons_only(conn, plans, make_user) -> None:
+    """Stripe puts up to ten lines in an event; behind `lines.has_more` there may be the
+    plan's line, so such an invoice renews the allowance as any other."""
+    factory = EventFactory()
+    factory.known_price(STORAGE, product="prod_storage", unit_amount=500)
+    add_on(conn, price=STORAGE)
+    user = make_user()
+    t = factory.clock
+    one_by_one(conn, [
+        factory.checkout_completed(customer="cus_1", subscription=None,
+                                   client_reference_id=str(user), created=t),
+        subscription(factory, "created", "sub_pro", "active", "price_pro", t + 1),
+    ])  # fmt: skip
+    conn.execute(
+        "update public.customer set remaining_resources = '{\"api_calls\": 7}' where uuid = %s",
+        (user,),
+    )
+    cut = renewal(factory, "in_long", "sub_pro", [STORAGE], t + MONTH).event
+    cut["data"]["object"]["lines"]["has_more"] = True
+    queued(conn, [Delivery.from_event(cut)])
+    assert remaining(conn, user)["api_calls"] == 5000

@@ -116,18 +116,20 @@ def test_an_outage_is_logged_once_per_reason_and_interval(caplog, monkeypatch) -
     monkeypatch.setattr(delivery, "OUTAGE_LOG_SECONDS", 0.2)
     monkeypatch.setattr(delivery, "_outage_log", delivery._OutageLog())
     stalled = DatabaseUnavailable("the database has not stored a delivery for 5 s")
+    refused = DatabaseUnavailable("connection refused")
     with caplog.at_level(logging.WARNING, logger="webhook.web.delivery"):
-        for _ in range(5):
+        for _ in range(5):  # two reasons taking turns
             assert delivery.database_unavailable(stalled).status == 503
-        delivery.database_unavailable(DatabaseUnavailable("connection refused"))
-        time.sleep(0.25)
-        delivery.database_unavailable(DatabaseUnavailable("connection refused"))
+            assert delivery.database_unavailable(refused).status == 503
+        time.sleep(0.25)  # the interval is over
+        delivery.database_unavailable(refused)
         delivery.database_unavailable(stalled)
     assert [r.getMessage() for r in caplog.records] == [
         "database unavailable: the database has not stored a delivery for 5 s",
-        "database unavailable: connection refused (4 more answered 503 since the last line)",
-        "database unavailable: connection refused",  # the interval is over
-        "database unavailable: the database has not stored a delivery for 5 s",
+        "database unavailable: connection refused",
+        "database unavailable: connection refused (4 more with this reason since its last line)",
+        "database unavailable: the database has not stored a delivery for 5 s"
+        " (4 more with this reason since its last line)",
     ]
 
 

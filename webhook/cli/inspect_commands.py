@@ -226,19 +226,23 @@ def purge(ctx: click.Context, older_than: timedelta, dry_run: bool, yes: bool) -
 
 
 def _long_customer_holders(conn: psycopg.Connection) -> list[str]:
-    """Sessions whose transaction has held locks on public.customer for longer than the
-    lag threshold: the drains skip the customers whose rows another transaction holds, so
-    such a session, not a missing drain, is what keeps their events queued. Empty when the
-    role may not see other sessions (pg_stat_activity hides them)."""
+    """Client sessions whose transaction has locked or changed rows of public.customer
+    and stayed open longer than the lag threshold: the drains skip the customers whose rows
+    another transaction holds, so such a session may be what keeps their events queued.
+    Row locks and changes show as these two table lock modes; a mere reader (a report,
+    pg_dump) holds neither and is no such session. Empty when the role may not see other
+    sessions (pg_stat_activity hides them)."""
     rows = conn.execute(
         """
         select a.pid, coalesce(nullif(a.application_name, ''), 'no application name'),
                a.state, extract(epoch from now() - a.xact_start)
           from pg_stat_activity a
          where a.datname = current_database() and a.pid <> pg_backend_pid()
+           and a.backend_type = 'client backend'
            and a.xact_start < now() - make_interval(secs => %s)
            and exists (select from pg_locks l
-                        where l.pid = a.pid and l.relation = 'public.customer'::regclass)
+                        where l.pid = a.pid and l.relation = 'public.customer'::regclass
+                          and l.mode in ('RowShareLock', 'RowExclusiveLock'))
          order by a.xact_start
         """,
         (LAG_WARNING_SECONDS,),
@@ -341,16 +345,16 @@ def _doctor_database(conn: psycopg.Connection, report: Callable[..., None]) -> N
         " from webhook_private.events where status = 'received'"
     ).fetchone()
     holders = _long_customer_holders(conn) if lag > LAG_WARNING_SECONDS else []
-    if holders:
-        report(False, f"queue: {queued} event(s) waiting, the oldest for {lag:.0f}s; "
-               + "; ".join(holders) + " (the drains pass over the customers it holds)",
-               "end that transaction in the application, or"
-               " `select pg_terminate_backend(<pid>)`")  # fmt: skip
-    else:
-        report(lag <= LAG_WARNING_SECONDS,
-               f"queue: {queued} event(s) waiting, the oldest for {lag:.0f}s",
-               "the drains are behind or not running: check that the web process (or"
-               " `python -m webhook drain`) runs and reaches the database")  # fmt: skip
+    held = (
+        "; " + "; ".join(holders) + " (the drains pass over the customers it holds: end that"
+        " transaction, or `select pg_terminate_backend(<pid>)`)"
+        if holders
+        else ""
+    )
+    report(lag <= LAG_WARNING_SECONDS,
+           f"queue: {queued} event(s) waiting, the oldest for {lag:.0f}s{held}",
+           "the drains are behind or not running: check that the web process (or"
+           " `python -m webhook drain`) runs and reaches the database")  # fmt: skip
     stuck, refused = conn.execute(
         "select count(*) filter (where status = 'pending' and requested_at < now() - interval '1 minute'),"
         " count(*) filter (where status = 'failed') from webhook_private.link_requests"

@@ -77,28 +77,35 @@ def read(service: Service, payload: bytes, signature: str | None) -> Event | Ans
 
 
 # While the database is out, every delivery is answered 503: one log line per reason per
-# this many seconds, with how many were answered so meanwhile, instead of one per request.
+# this many seconds, with how many got that reason meanwhile, instead of one per request.
 OUTAGE_LOG_SECONDS = 10.0
 
 
+# Reasons remembered at most (their texts may vary, with a server's own error message).
+OUTAGE_LOG_REASONS = 64
+
+
 class _OutageLog:
-    """The 503s' log lines, thinned out (request threads and the event loop share it)."""
+    """The 503s' log lines, thinned out per reason (request threads and the event loop
+    share it): each reason's first 503 is logged, later ones within OUTAGE_LOG_SECONDS are
+    counted, and the count goes on that reason's next line."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._last_reason: str | None = None
-        self._last_at = float("-inf")
-        self._unlogged = 0
+        self._reasons: dict[str, tuple[float, int]] = {}  # reason -> (logged at, unlogged)
 
     def warn(self, reason: str) -> None:
         now = time.monotonic()
         with self._lock:
-            if reason == self._last_reason and now - self._last_at < OUTAGE_LOG_SECONDS:
-                self._unlogged += 1
+            logged_at, unlogged = self._reasons.get(reason, (float("-inf"), 0))
+            if now - logged_at < OUTAGE_LOG_SECONDS:
+                self._reasons[reason] = (logged_at, unlogged + 1)
                 return
-            unlogged, self._unlogged = self._unlogged, 0
-            self._last_reason, self._last_at = reason, now
-        more = f" ({unlogged} more answered 503 since the last line)" if unlogged else ""
+            self._reasons.pop(reason, None)
+            if len(self._reasons) >= OUTAGE_LOG_REASONS:  # forget the longest unlogged
+                del self._reasons[next(iter(self._reasons))]
+            self._reasons[reason] = (now, 0)
+        more = f" ({unlogged} more with this reason since its last line)" if unlogged else ""
         log.warning("database unavailable: %s%s", reason, more)
 
 

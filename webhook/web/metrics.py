@@ -8,9 +8,11 @@ queue), and the queue's lag, the age of its oldest event. Labels are event
 types and fixed words only; no ids, no customer data.
 """
 
+import logging
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from wsgiref.simple_server import WSGIRequestHandler, make_server
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import psycopg
 from prometheus_client import (
@@ -63,6 +65,8 @@ POOL_IN_USE = Gauge(
 )
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+log = logging.getLogger(__name__)
 
 # prometheus_client picks file-backed (multiprocess) or in-memory values when it is first
 # imported; the scrape must read them the same way, whatever the environment says later.
@@ -137,7 +141,12 @@ def serve_in_background(database: Database, host: str, port: int) -> Callable[[]
         if environ.get("PATH_INFO") != "/metrics" or environ.get("REQUEST_METHOD") != "GET":
             start_response("404 Not Found", [("Content-Type", "text/plain")])
             return [b"not found: GET /metrics\n"]
-        body = render(database)
+        try:
+            body = render(database)
+        except Exception as exc:  # one log line and a 500, never a traceback on stderr
+            log.warning("metrics: a scrape failed: %s", exc)
+            start_response("500 Internal Server Error", [("Content-Type", "text/plain")])
+            return [b"metrics unavailable\n"]
         start_response(
             "200 OK", [("Content-Type", CONTENT_TYPE), ("Content-Length", str(len(body)))]
         )
@@ -147,7 +156,12 @@ def serve_in_background(database: Database, host: str, port: int) -> Callable[[]
         def log_message(self, *_args: object) -> None:  # scrapes are not worth a log line
             pass
 
-    server = make_server(host, port, app, handler_class=_Quiet)
+    class _OneLineErrors(WSGIServer):
+        def handle_error(self, request: object, client_address: object) -> None:
+            # A connection that broke (the scraper went away): one line, no traceback.
+            log.warning("metrics: a scrape failed: %s", sys.exc_info()[1])
+
+    server = make_server(host, port, app, server_class=_OneLineErrors, handler_class=_Quiet)
     thread = threading.Thread(target=server.serve_forever, name="drain-metrics", daemon=True)
     thread.start()
 
