@@ -326,10 +326,11 @@ def test_replay_failed_applies_once_the_plan_exists(conn, db_url, user, failed_s
 
 
 def test_dismiss_settles_a_failed_event_with_its_reason(conn, db_url, failed_signup) -> None:
-    output = succeeds(
-        run(db_url, "events", "dismiss", failed_signup, "--reason", "test price, never sold")
-    )
-    assert output.splitlines() == [f"dismissed {failed_signup}"]
+    result = run(db_url, "events", "dismiss", failed_signup, "--reason", "test price, never sold")
+    succeeds(result)
+    assert result.stdout.splitlines() == [f"dismissed {failed_signup}"]
+    # Its subscription state stays mirrored, with a price no plan sells: said, not hidden.
+    assert result.stderr.startswith("note: the subscription state they carried stays")
     assert event_status(conn, failed_signup) == ("ignored", "dismissed: test price, never sold")
     assert attempts(conn, failed_signup) == [("delivery", "failed"), ("operator", "ignored")]
     shown = succeeds(run(db_url, "events", "show", failed_signup))

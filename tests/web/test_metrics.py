@@ -154,6 +154,8 @@ def test_a_drain_of_its_own_serves_what_it_applied(db_url, conn, factory) -> Non
         assert value(text, "webhook_events_total", type="charge.succeeded", outcome="ignored") == 3
         assert value(text, "webhook_received_to_applied_seconds_count") == 3
         assert value(text, "webhook_inbox_events", status="received") == 0
+        assert value(text, "process_resident_memory_bytes") > 0
+        assert "webhook_processing_seconds" not in text  # request metrics: the web's alone
     finally:
         drain.send_signal(signal.SIGTERM)
         _, errors = drain.communicate(timeout=30)
@@ -175,3 +177,13 @@ def test_a_drain_whose_metrics_port_is_taken_says_so_in_one_line(db_url) -> None
     assert done.stderr.strip().splitlines() == [
         f"Error: cannot serve metrics on 127.0.0.1:{port}: Address already in use"
     ]
+
+
+def test_loading_the_cli_leaves_prometheus_unimported() -> None:
+    """prometheus_client fixes in-memory or multiprocess values when first imported, and
+    `serve` sets PROMETHEUS_MULTIPROC_DIR in gunicorn's master after loading the CLI: were
+    the CLI to import it, each worker of `make dev` would count on its own, and /metrics
+    would show one worker's counts per scrape."""
+    check = "import sys, webhook.cli; print('prometheus_client' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "False", done.stderr

@@ -301,9 +301,13 @@ def test_serve_with_a_database_url_is_ready_and_stops_on_ctrl_c(served, tmp_path
     assert "Traceback" not in server.output()
 
 
-def trigger_lifecycle(port: int, customer: uuid.UUID, tmp_path: Path, *options: str):
-    """`trigger lifecycle` for `customer` against the server on `port`."""
+def trigger_lifecycle(
+    port: int, customer: uuid.UUID, tmp_path: Path, *options: str, db_url: str | None = None
+):
+    """`trigger lifecycle` for `customer` against the server on `port`; with `db_url`, it
+    reads the server's database and returns once the events are applied."""
     return cli(
+        *(("--database-url", db_url) if db_url else ()),
         "trigger",
         "lifecycle",
         "--url",
@@ -333,16 +337,48 @@ def test_trigger_says_when_no_drain_applies_its_events(
     assert "is a drain running" in line
 
 
+def test_trigger_makes_a_second_subscription_for_an_add_on(
+    db_url, conn, plans, make_user, served, tmp_path
+) -> None:
+    """--subscription names a customer's second subscription: a storage pack (listed as
+    an add-on) beside Pro, which stays Pro's until Pro is cancelled."""
+    _, port = served
+    conn.execute("insert into webhook_private.add_ons (stripe_product_id) values ('prod_storage')")
+    customer = make_user()
+
+    def trigger(*args: str) -> str:
+        result = cli(
+            "--database-url", db_url, "trigger", *args, "--customer", str(customer),
+            "--url", f"http://{HOST}:{port}/webhook",
+            cwd=tmp_path, env=base_env(STRIPE_WEBHOOK_SECRET=SECRET),
+        )  # fmt: skip
+        assert result.returncode == 0, (result.stdout, result.stderr)
+        return result.stdout
+
+    trigger("checkout.session.completed")
+    trigger("customer.subscription.created", "--price", "price_pro")
+    storage = ("--subscription", "sub_storage", "--price", "price_storage_monthly",
+               "--product", "prod_storage")  # fmt: skip
+    assert "applied: processed" in trigger("customer.subscription.created", *storage)
+    assert plan_name(conn, customer) == "Pro"
+    trigger("customer.subscription.deleted", "--price", "price_pro")
+    assert plan_name(conn, customer) is None
+    subscriptions = conn.execute(
+        "select id, status from webhook_private.subscriptions order by id"
+    ).fetchall()
+    assert subscriptions == [("sub_dev_" + customer.hex, "canceled"), ("sub_storage", "active")]
+
+
 def test_trigger_lifecycle_against_a_running_server(
-    conn, plans, make_user, served, tmp_path
+    db_url, conn, plans, make_user, served, tmp_path
 ) -> None:
     _, port = served
     customer = make_user()
-    result = trigger_lifecycle(port, customer, tmp_path, "--price", "price_pro")
+    result = trigger_lifecycle(port, customer, tmp_path, "--price", "price_pro", db_url=db_url)
     assert result.returncode == 0, (result.stdout, result.stderr)
     lines = result.stdout.splitlines()
     assert len(lines) == 7, result.stdout
-    assert all("-> 200 " in line for line in lines), result.stdout
+    assert all("-> 200 " in line and "; applied: " in line for line in lines), result.stdout
     assert plan_name(conn, customer) == "Pro"
     assert customer_state(conn, customer)["stripe_customer_id"] == f"cus_dev_{customer.hex}"
     stored = conn.execute(
@@ -360,18 +396,21 @@ def test_trigger_sends_new_events_each_time_it_runs(
         result = trigger_lifecycle(port, customer, tmp_path, "--price", "price_pro")
         assert result.returncode == 0, (result.stdout, result.stderr)
         assert '"duplicate":true' not in result.stdout.replace(" ", ""), result.stdout
+        # It reads no database here (no --database-url, no ./.pgdata), and says so.
+        assert "note: trigger cannot see these events in a database" in result.stderr
     stored = conn.execute("select count(distinct id) from webhook_private.events").fetchone()[0]
     assert stored == 14
 
 
 def test_trigger_sends_a_price_that_only_its_product_maps_to_a_plan(
-    conn, plans, make_user, served, tmp_path
+    db_url, conn, plans, make_user, served, tmp_path
 ) -> None:
     _, port = served
     customer = make_user()
     result = trigger_lifecycle(
-        port, customer, tmp_path, "--price", "price_pro_yearly", "--product", "prod_pro"
-    )
+        port, customer, tmp_path, "--price", "price_pro_yearly", "--product", "prod_pro",
+        db_url=db_url,
+    )  # fmt: skip
     assert result.returncode == 0, (result.stdout, result.stderr)
     assert plan_name(conn, customer) == "Pro"
     products = conn.execute("select product_ids from webhook_private.subscriptions").fetchall()

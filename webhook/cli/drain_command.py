@@ -21,7 +21,6 @@ from webhook.database.pool import Database
 from webhook.pipeline.drain import Applied
 from webhook.pipeline.drain_worker import DrainWorker
 from webhook.pipeline.event_log import configure_event_log, log_applied
-from webhook.web import metrics
 
 
 @cli.command()
@@ -48,6 +47,8 @@ def drain(ctx: click.Context, once: bool, metrics_port: int | None) -> None:
         applied_total += len(batch)
         log_applied(batch)
         if stop_metrics is not None:
+            from webhook.web import metrics
+
             metrics.observe_applied(batch)
 
     worker = DrainWorker(
@@ -86,10 +87,15 @@ def _serve_metrics(url: str, port: int) -> Callable[[], None]:
     The web workers' counts cannot include a drain in a process of its own, so with
     WEB_DRAIN=off and a `worker:` line, this is where the apply rate and failures are seen.
     """
+    # Imported here, not with the CLI: prometheus_client chooses between in-memory and
+    # multiprocess values when first imported, and `serve` sets PROMETHEUS_MULTIPROC_DIR
+    # (in gunicorn's master) only after the CLI is loaded.
+    from webhook.web import metrics
+
     database = Database(url, min_size=0, max_size=1, timeout=5)
     host = os.environ.get("HOST", "0.0.0.0")
     try:
-        stop = metrics.serve_in_background(database, host, port)
+        stop = metrics.serve_in_background(database, host, port, metrics.render_drain)
     except OSError as exc:
         database.close()
         raise ProjectError(

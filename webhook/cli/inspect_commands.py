@@ -130,7 +130,8 @@ def show_event(ctx: click.Context, event_id: str) -> None:
             click.echo(f"{name + ':':<14}{value}")
     click.echo("history:")
     for attempted_at, trigger, outcome, error, ms in attempts:
-        click.echo(f"  {attempted_at:%Y-%m-%d %H:%M:%S} {trigger:<8} {outcome:<9} {ms} ms  {error}")
+        took = "-" if ms is None else f"{ms} ms"
+        click.echo(f"  {attempted_at:%Y-%m-%d %H:%M:%S} {trigger:<8} {outcome:<9} {took}  {error}")
     payload = row[-1]
     click.echo("payload: (purged)" if payload is None else "payload:\n" + _pretty(payload))
 

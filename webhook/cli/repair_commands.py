@@ -138,9 +138,20 @@ def dismiss(ctx: click.Context, event_ids: tuple[str, ...], reason: str) -> None
             " select unnest(%s::text[]), 'operator', 'ignored', %s",
             (ids, f"dismissed: {reason}"),
         )
+        mirrored = conn.execute(
+            "select id from webhook_private.subscriptions where event_id = any(%s) order by id",
+            (ids,),
+        ).fetchall()
         conn.commit()
     for event_id in ids:
         click.echo(f"dismissed {event_id}")
+    if mirrored:
+        click.echo(
+            "note: the subscription state they carried stays in the mirror"
+            f" ({', '.join(row[0] for row in mirrored)}); if a price of it has no plan, it"
+            " keeps its customer's plan as it is: add a plan or an add-on for that price",
+            err=True,
+        )
 
 
 def describe_result(result: ReplayResult) -> str:

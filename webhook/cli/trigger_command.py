@@ -68,6 +68,13 @@ SUBSCRIPTION_TYPES = (
     " but belongs to a plan's product. Default: derived from the price id.",
 )
 @click.option("--status", default=None, help="Subscription status (subscription events).")
+@click.option(
+    "--subscription",
+    "subscription_id",
+    default=None,
+    help="Stripe subscription id, for a customer's second subscription (an add-on's, say)."
+    " Default: one derived from the customer's uuid, the same at every invocation.",
+)
 @click.option("--url", default="http://localhost:8000/webhook", show_default=True)
 @click.option(
     "--api-version",
@@ -91,6 +98,7 @@ def trigger(
     price: str,
     product: str | None,
     status: str | None,
+    subscription_id: str | None,
     url: str,
     api_version: str,
     wait_seconds: float,
@@ -116,7 +124,7 @@ def trigger(
             f"{customer_uuid!r} is not a uuid", param_hint="--customer"
         ) from None
     secret = _signing_secret()
-    events = _TriggerEvents(customer, price, api_version, product)
+    events = _TriggerEvents(customer, price, api_version, product, subscription_id)
     deliveries = (
         events.lifecycle() if event_type == "lifecycle" else [events.single(event_type, status)]
     )
@@ -129,6 +137,14 @@ def trigger(
         answers.append((delivery, status_code, answer))
     ids = [d.id for d in deliveries]
     outcomes = _wait_until_applied(ctx, ids, wait_seconds) if wait_seconds > 0 else {}
+    if outcomes is None:
+        click.echo(
+            "note: trigger cannot see these events in a database (it reads --database-url,"
+            " DATABASE_URL, or ./.pgdata of `make dev`), so it does not know whether they"
+            " were applied",
+            err=True,
+        )
+        outcomes = {}
     for delivery, status_code, answer in answers:
         applied = f"; applied: {outcomes[delivery.id]}" if delivery.id in outcomes else ""
         if outcomes.get(delivery.id) == "received":
@@ -156,17 +172,19 @@ def _is_api_version(text: str) -> bool:
 
 def _wait_until_applied(
     ctx: click.Context, event_ids: list[str], wait_seconds: float
-) -> dict[str, str]:
+) -> dict[str, str] | None:
     """The outcome of each event once the server's drain has applied it (queued mode),
-    or `received` for one still queued after `wait_seconds`.
+    or `received` for one still queued after `wait_seconds`; None when they cannot be
+    seen.
 
     Read from the database the server uses (--database-url, DATABASE_URL, or the embedded
-    one of `make dev`); if it cannot be read, the answers alone are shown.
+    one of `make dev`); when there is none, it cannot be read, or it holds none of the
+    events (another server's database), the answers alone are shown.
     """
     explicit = ctx.obj.get("database_url")
     pgdata = Path(os.environ.get("EMBEDDED_PGDATA") or DEFAULT_PGDATA)
     if not explicit and not (pgdata / "PG_VERSION").exists():
-        return {}  # no database of this project here: start none just to read outcomes
+        return None  # no database of this project here: start none just to read outcomes
     try:
         with database(ctx, autocommit=True) as conn:
             deadline = time.monotonic() + wait_seconds
@@ -176,6 +194,8 @@ def _wait_until_applied(
                     " where id = any(%s)",
                     (event_ids,),
                 ).fetchall()
+                if not rows:
+                    return None  # not the server's database
                 if all(status != "received" for _, status, _ in rows) or (
                     time.monotonic() > deadline
                 ):
@@ -185,7 +205,7 @@ def _wait_until_applied(
                     }
                 time.sleep(0.05)
     except (ProjectError, psycopg.Error):
-        return {}
+        return None
 
 
 def _signing_secret() -> str:
@@ -204,13 +224,18 @@ class _TriggerEvents:
     """Events about one customer's subscription, with ids stable across invocations."""
 
     def __init__(
-        self, customer: uuid.UUID, price: str, api_version: str, product: str | None = None
+        self,
+        customer: uuid.UUID,
+        price: str,
+        api_version: str,
+        product: str | None = None,
+        subscription: str | None = None,
     ) -> None:
         self.customer = customer
         self.price = price
         # The whole uuid: test uuids often share their first digits (…0001, …0003).
         self.stripe_customer = f"cus_dev_{customer.hex}"
-        self.subscription = f"sub_dev_{customer.hex}"
+        self.subscription = subscription or f"sub_dev_{customer.hex}"
         # A seed of its own each run: ids from a fixed seed would repeat those of the run
         # before, and the service would answer each event as a duplicate of that one.
         self.factory = EventFactory(api_version, start=int(time.time()), seed=secrets.randbits(64))

@@ -22,6 +22,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
     multiprocess,
     values,
@@ -132,8 +133,10 @@ def observe_applied(applied: Sequence[Applied]) -> None:
         APPLY_DELAY_SECONDS.observe(event.waited_seconds)
 
 
-def serve_in_background(database: Database, host: str, port: int) -> Callable[[], None]:
-    """Serve GET /metrics (what `render` gives) on host:port from a daemon thread, for a
+def serve_in_background(
+    database: Database, host: str, port: int, renderer: Callable[[Database], bytes]
+) -> Callable[[], None]:
+    """Serve GET /metrics (what `renderer` gives) on host:port from a daemon thread, for a
     process without the web app (`python -m webhook drain --metrics-port`); returns the
     function that stops it. Raises OSError if the port cannot be bound."""
 
@@ -142,7 +145,7 @@ def serve_in_background(database: Database, host: str, port: int) -> Callable[[]
             start_response("404 Not Found", [("Content-Type", "text/plain")])
             return [b"not found: GET /metrics\n"]
         try:
-            body = render(database)
+            body = renderer(database)
         except Exception as exc:  # one log line and a 500, never a traceback on stderr
             log.warning("metrics: a scrape failed: %s", exc)
             start_response("500 Internal Server Error", [("Content-Type", "text/plain")])
@@ -170,6 +173,24 @@ def serve_in_background(database: Database, host: str, port: int) -> Callable[[]
         server.server_close()
 
     return stop
+
+
+def render_drain(database: Database) -> bytes:
+    """What a drain of its own has to show: what it applied (by type and outcome, and how
+    long each waited), its process, and the inbox figures; not the request metrics, which
+    only a web process counts. With PROMETHEUS_MULTIPROC_DIR set, whatever the folder holds
+    (a folder shared with web workers on the same host adds theirs up)."""
+    if MULTIPROCESS:
+        counted = CollectorRegistry()
+        multiprocess.MultiProcessCollector(counted)
+    else:
+        counted = CollectorRegistry()
+        counted.register(EVENTS)
+        counted.register(APPLY_DELAY_SECONDS)
+        ProcessCollector(registry=counted)
+    inbox = CollectorRegistry()
+    inbox.register(_InboxCollector(database))
+    return generate_latest(counted) + generate_latest(inbox)
 
 
 def render(database: Database) -> bytes:
