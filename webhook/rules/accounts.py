@@ -56,6 +56,8 @@ def link(
     customer: uuid.UUID,
     event_id: str,
     event_created: int | datetime,
+    *,
+    restated: bool = False,
 ) -> set[uuid.UUID]:
     """Make `customer` own `stripe_customer_id`; return the customers whose plan may change.
 
@@ -64,17 +66,26 @@ def link(
     in; a Stripe customer unlinked after `event_created` stays unlinked, and a deleted one
     is never linked again. `event_id` names what made the link (an event id, or
     `application`).
+
+    A `restated` fact (metadata an event carries without changing it, or that sync reads;
+    migration 018) ranks below every new one: it links a Stripe customer nothing else has
+    linked, and replaces only an older restated link, never a link or a release made by a
+    new fact, whatever their times.
     """
     existing = conn.execute(
-        "select customer_uuid, event_created, deleted_at from webhook_private.customer_links"
-        " where stripe_customer_id = %s for update",
+        "select customer_uuid, event_created, deleted_at, restated"
+        " from webhook_private.customer_links where stripe_customer_id = %s for update",
         (stripe_customer_id,),
     ).fetchone()
     created = _moment(event_created)
     if existing is not None and existing[2] is not None:
         return set()  # the Stripe customer was deleted; nothing can link it any more
-    if existing is not None and existing[0] != customer and existing[1] > created:
-        # An older fact cannot take the link from its newer owner, or undo a newer unlink.
+    if (
+        existing is not None
+        and existing[0] != customer
+        and (_standing(existing[3], existing[1]) > _standing(restated, created))
+    ):
+        # A lesser fact cannot take the link from its owner, or undo a greater unlink.
         return {existing[0]} if existing[0] is not None else set()
     previous = existing[0] if existing is not None else None
     affected = {customer} | ({previous} if previous else set())
@@ -84,24 +95,35 @@ def link(
     ).fetchall()
     if customer not in {row[0] for row in found}:
         raise ApplyError(f"no customer with uuid {customer}; the reference in the event is unknown")
+    # The link keeps the standing of the greater fact: the owner is the same, or the new
+    # fact has just been found to outrank the old one.
     conn.execute(
         """
         insert into webhook_private.customer_links as l
-          (stripe_customer_id, customer_uuid, event_created, linked_by_event)
-        values (%s, %s, %s, %s)
+          (stripe_customer_id, customer_uuid, event_created, linked_by_event, restated)
+        values (%s, %s, %s, %s, %s)
         on conflict (stripe_customer_id) do update
           set customer_uuid = excluded.customer_uuid,
-              event_created = greatest(l.event_created, excluded.event_created),
-              linked_by_event = case when excluded.event_created >= l.event_created
+              event_created = case when (not excluded.restated, excluded.event_created)
+                                        >= (not l.restated, l.event_created)
+                                   then excluded.event_created else l.event_created end,
+              linked_by_event = case when (not excluded.restated, excluded.event_created)
+                                          >= (not l.restated, l.event_created)
                                      then excluded.linked_by_event else l.linked_by_event end,
+              restated = l.restated and excluded.restated,
               linked_at = now()
         """,
-        (stripe_customer_id, customer, created, event_id),
+        (stripe_customer_id, customer, created, event_id, restated),
     )
     if previous is not None and previous != customer:
         show_latest_link(conn, previous)  # first: stripe_customer_id is unique
     show_latest_link(conn, customer)
     return affected
+
+
+def _standing(restated: bool, moment: datetime) -> tuple[bool, datetime]:
+    """How a link fact ranks: a new fact above a restated one, then the later first."""
+    return (not restated, moment)
 
 
 def release(
@@ -113,16 +135,17 @@ def release(
 ) -> bool:
     """Unlink `stripe_customer_id` from `customer` as of a moment, if nothing newer linked it.
 
-    Unlike a deletion this is not for good: a fact newer than `as_of` may link it again.
+    Unlike a deletion this is not for good: a new fact later than `as_of` may link it
+    again (a restated one may not). A release is a new fact: it undoes any restated link.
     Returns whether the link was released. The caller shows the customer's links afterwards.
     """
     row = conn.execute(
         """
         update webhook_private.customer_links
            set customer_uuid = null, event_created = %(as_of)s, linked_by_event = %(reason)s,
-               linked_at = now()
+               restated = false, linked_at = now()
          where stripe_customer_id = %(id)s and customer_uuid = %(customer)s
-           and event_created <= %(as_of)s
+           and (restated or event_created <= %(as_of)s)
         returning 1
         """,
         {"id": stripe_customer_id, "customer": customer, "as_of": as_of, "reason": reason},

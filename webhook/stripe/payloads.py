@@ -268,6 +268,17 @@ def customer_uuid_from(*candidates: Any) -> uuid.UUID | None:
     return None
 
 
+def sets_metadata(event: Event) -> bool:
+    """Whether the event sets its object's metadata, rather than carry it along: the
+    object's creation, or an update whose `previous_attributes` name metadata (Stripe lists
+    there what the update changed)."""
+    if event.type.endswith(".created"):
+        return True
+    data = event.raw.get("data")
+    previous = data.get("previous_attributes") if isinstance(data, dict) else None
+    return isinstance(previous, dict) and "metadata" in previous
+
+
 def metadata_customer_uuid(obj: Mapping[str, Any]) -> uuid.UUID | None:
     """`metadata.customer_uuid` of a Stripe object, when it holds a UUID."""
     return customer_uuid_from(_metadata(obj).get("customer_uuid"))

@@ -9,7 +9,7 @@ resumable (runs.py):
    Each page is written in one transaction under the events' locks: the mirror takes each
    state by the usual rule, a fetched state being as of the moment its request was sent
    (ordering.fetched_order_key), so it beats the events created before and loses to those
-   created after; `metadata.customer_uuid` links as an event's would.
+   created after; `metadata.customer_uuid` links as restated metadata (accounts.link).
 2. customers: only if some mirrored subscription's Stripe customer is still unlinked, the
    customers are listed for their `metadata.customer_uuid`, and those links are made.
 3. plans: pending application links are applied, then every linked customer's plan is
@@ -291,11 +291,15 @@ def _link(
     made: int,
     unknown: int,
 ) -> tuple[int, int]:
-    """One metadata link, as of the fetch; a uuid of no customer is counted, not fatal."""
+    """One metadata link, as of the fetch; a uuid of no customer is counted, not fatal.
+
+    Restated (accounts.link): sync reads the metadata as it is, not when it was set, so it
+    links what nothing else has linked but never undoes a link a new fact made.
+    """
     try:
         with conn.transaction():
             accounts.lock_stripe_customer(conn, stripe_id)
-            accounts.link(conn, stripe_id, customer, source, fetched)
+            accounts.link(conn, stripe_id, customer, source, fetched, restated=True)
     except ApplyError:
         return made, unknown + 1
     return made + 1, unknown

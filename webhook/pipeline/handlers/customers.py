@@ -2,7 +2,7 @@
 
 from webhook.pipeline.handlers.base import Context, Outcome, recompute_all
 from webhook.rules import accounts
-from webhook.stripe.payloads import metadata_customer_uuid
+from webhook.stripe.payloads import metadata_customer_uuid, sets_metadata
 
 
 def handle_customer(ctx: Context) -> Outcome:
@@ -11,7 +11,10 @@ def handle_customer(ctx: Context) -> Outcome:
     if stripe_customer is None or customer is None:
         return Outcome.ignored()
     accounts.lock_stripe_customer(ctx.conn, stripe_customer)
-    affected = accounts.link(ctx.conn, stripe_customer, customer, ctx.event.id, ctx.event.created)
+    affected = accounts.link(
+        ctx.conn, stripe_customer, customer, ctx.event.id, ctx.event.created,
+        restated=not sets_metadata(ctx.event),
+    )  # fmt: skip
     return recompute_all(ctx, affected)
 
 

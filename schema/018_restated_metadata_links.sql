@@ -1,0 +1,23 @@
+-- Metadata that an event only restates is a weaker fact than a new one.
+--
+-- A subscription or Stripe customer that carries `metadata.customer_uuid` names that
+-- customer in every one of its later events: a renewal, a card change, a pause. Each of
+-- them used to link again as a new fact as of its own `created`, so an application that
+-- moved the Stripe customer to another row (by writing `stripe_customer_id`) saw it moved
+-- back at the next routine event. Now metadata links as a new fact only where it is new:
+-- the object's `*.created` event, or an update whose `previous_attributes` name metadata.
+-- Anywhere else (and in `sync`, which reads the current metadata) it is restated: such a
+-- link is made where nothing else has linked the Stripe customer (a subscription from
+-- before the service was installed), and replaces only another restated one, never a link
+-- or release made by a new fact, whatever their times. A link's standing is this flag
+-- beside its `event_created`: a new fact outranks a restated one, and within each the
+-- later wins, so the result stays the same in any order.
+--
+-- Every existing link came from a new fact (or was treated as one): the column starts
+-- false. Adding it with a constant default rewrites nothing, but takes the table's lock
+-- for a moment; it waits at most 5 s for the transactions using the links (the drains'),
+-- then fails, changes nothing, and can be run again.
+set local lock_timeout = '5s';
+
+alter table webhook_private.customer_links
+  add column restated boolean not null default false;
