@@ -13,11 +13,18 @@
 -- beside its `event_created`: a new fact outranks a restated one, and within each the
 -- later wins, so the result stays the same in any order.
 --
--- Every existing link came from a new fact (or was treated as one): the column starts
--- false. Adding it with a constant default rewrites nothing, but takes the table's lock
+-- Every existing link came from a new fact (or was treated as one): `restated` starts
+-- false. Adding the columns rewrites nothing, but takes the table's lock
 -- for a moment; it waits at most 5 s for the transactions using the links (the drains'),
 -- then fails, changes nothing, and can be run again.
 set local lock_timeout = '5s';
 
 alter table webhook_private.customer_links
   add column restated boolean not null default false;
+
+-- A release (the application cleared a customer's `stripe_customer_id`) is a fact about
+-- that customer alone: it keeps their older facts from linking them again, and says
+-- nothing against a link to anyone else. The row now remembers whom it released (before,
+-- a release also refused an older link to another customer, or not, depending on the
+-- order the two were applied in).
+alter table webhook_private.customer_links add column released_customer uuid;

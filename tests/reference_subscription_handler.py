@@ -65,9 +65,9 @@ def handle_subscription(ctx: Context) -> Outcome:
     _upsert(ctx.conn, state, key, event_id, fetched)
     affected = set()
     if (customer := metadata_customer_uuid(ctx.event.object)) is not None:
-        # New metadata only at the subscription's creation or when an update changed it.
-        changed = ctx.event.raw["data"].get("previous_attributes") or {}
-        sets = ctx.event.type == "customer.subscription.created" or "metadata" in changed
+        # A new customer_uuid only at the subscription's creation or when an update changed it.
+        changed = (ctx.event.raw["data"].get("previous_attributes") or {}).get("metadata") or {}
+        sets = ctx.event.type == "customer.subscription.created" or "customer_uuid" in changed
         affected |= accounts.link(
             ctx.conn, state.customer, customer, ctx.event.id, ctx.event.created,
             restated=not sets,

@@ -153,3 +153,76 @@ def test_sync_restates_and_never_undoes_a_newer_or_older_new_fact(conn, make_use
     assert conn.execute(
         "select restated from webhook_private.customer_links where stripe_customer_id = 'cus_2'"
     ).fetchone() == (False,)
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_a_change_to_another_metadata_key_restates_customer_uuid(
+    conn, plans, make_user, factory, way
+) -> None:
+    """Stripe's previous_attributes list the metadata keys an update changed: a new `note`
+    says nothing new of `customer_uuid`."""
+    a, b = make_user(), make_user()
+    t = factory.clock
+    WAYS[way](conn, [subscription(factory, "created", a, t)])
+    moved_by_the_application(conn, a, b)
+    noted = subscription(factory, "updated", a, t + 7200,
+                         previous_attributes={"metadata": {"note": None}})  # fmt: skip
+    WAYS[way](conn, [noted])
+    assert owner(conn) == b
+
+
+@pytest.mark.parametrize("later", [True, False])
+@pytest.mark.parametrize("release_first", [True, False])
+def test_a_release_says_nothing_of_another_customer(
+    conn, plans, make_user, factory, later, release_first
+) -> None:
+    """The application releases A's Stripe customer; a restatement naming B, before or
+    after the release, ends the same in either order: B's."""
+    a, b = make_user(), make_user()
+    one_by_one(conn, [subscription(factory, "updated", a, factory.clock,
+                                   previous_attributes={"status": "trialing"})])  # fmt: skip
+    assert owner(conn) == a
+    conn.execute("update public.customer set stripe_customer_id = null where uuid = %s", (a,))
+    restating_b = factory.customer(
+        "customer.updated", customer_id="cus_1", metadata={"customer_uuid": str(b)},
+        created=int(time.time()) + (60 if later else -60),
+    )  # fmt: skip
+    if release_first:
+        application_links.apply_pending(conn, STATUSES)
+    one_by_one(conn, [restating_b])
+    application_links.apply_pending(conn, STATUSES)
+    assert owner(conn) == b
+
+
+def test_a_release_holds_against_its_customers_restated_metadata(
+    conn, plans, make_user, factory
+) -> None:
+    """The application says A has no Stripe customer now; A's metadata on the next renewal
+    does not link A again."""
+    a = make_user()
+    t = factory.clock
+    one_by_one(conn, [subscription(factory, "created", a, t)])
+    conn.execute("update public.customer set stripe_customer_id = null where uuid = %s", (a,))
+    application_links.apply_pending(conn, STATUSES)
+    one_by_one(conn, [subscription(factory, "updated", a, t + 7200,
+                                   previous_attributes={"status": "past_due"})])  # fmt: skip
+    assert owner(conn) is None and plan_of(conn, a) is None
+
+
+def test_sync_counts_only_the_links_it_made(conn, make_user) -> None:
+    from webhook.sync.subscriptions import _link
+
+    a, b = make_user(), make_user()
+    accounts.link(conn, "cus_1", a, "evt_checkout", 1_700_000_000)
+    assert _link(conn, "cus_1", b, "sync:1", 1_800_000_000, 0, 0) == (0, 0)
+    assert _link(conn, "cus_2", b, "sync:1", 1_800_000_000, 0, 0) == (1, 0)
+
+
+def test_the_customers_column_shows_a_new_facts_link_before_a_restated_one(conn, make_user) -> None:
+    a = make_user()
+    accounts.link(conn, "cus_old", a, "sync:1", 1_700_000_000, restated=True)
+    accounts.link(conn, "cus_new", a, "application", 1_750_000_000)
+    accounts.link(conn, "cus_old", a, "evt_renewal", 1_760_000_000, restated=True)
+    assert conn.execute(
+        "select stripe_customer_id from public.customer where uuid = %s", (a,)
+    ).fetchone() == ("cus_new",)

@@ -70,22 +70,26 @@ def link(
     A `restated` fact (metadata an event carries without changing it, or that sync reads;
     migration 018) ranks below every new one: it links a Stripe customer nothing else has
     linked, and replaces only an older restated link, never a link or a release made by a
-    new fact, whatever their times.
+    new fact, whatever their times. A release concerns the customer it released only: it
+    stops their lesser facts, and a link to anyone else replaces it.
     """
     existing = conn.execute(
-        "select customer_uuid, event_created, deleted_at, restated"
+        "select customer_uuid, event_created, deleted_at, restated, released_customer"
         " from webhook_private.customer_links where stripe_customer_id = %s for update",
         (stripe_customer_id,),
     ).fetchone()
     created = _moment(event_created)
     if existing is not None and existing[2] is not None:
         return set()  # the Stripe customer was deleted; nothing can link it any more
+    # Released from someone else: nothing here ranks against this fact.
+    replaces = existing is not None and existing[0] is None and existing[4] != customer
     if (
         existing is not None
+        and not replaces
         and existing[0] != customer
-        and (_standing(existing[3], existing[1]) > _standing(restated, created))
+        and _standing(existing[3], existing[1]) > _standing(restated, created)
     ):
-        # A lesser fact cannot take the link from its owner, or undo a greater unlink.
+        # A lesser fact cannot take the link from its owner, or undo a greater release.
         return {existing[0]} if existing[0] is not None else set()
     previous = existing[0] if existing is not None else None
     affected = {customer} | ({previous} if previous else set())
@@ -95,26 +99,32 @@ def link(
     ).fetchall()
     if customer not in {row[0] for row in found}:
         raise ApplyError(f"no customer with uuid {customer}; the reference in the event is unknown")
-    # The link keeps the standing of the greater fact: the owner is the same, or the new
-    # fact has just been found to outrank the old one.
+    # The link keeps the standing of the greater fact (the owner is the same, or the new
+    # fact has just been found to outrank the old one), or takes the new fact's outright
+    # when it replaces someone else's release.
     conn.execute(
         """
         insert into webhook_private.customer_links as l
           (stripe_customer_id, customer_uuid, event_created, linked_by_event, restated)
-        values (%s, %s, %s, %s, %s)
+        values (%(id)s, %(customer)s, %(created)s, %(event)s, %(restated)s)
         on conflict (stripe_customer_id) do update
           set customer_uuid = excluded.customer_uuid,
-              event_created = case when (not excluded.restated, excluded.event_created)
+              event_created = case when %(replaces)s
+                                     or (not excluded.restated, excluded.event_created)
                                         >= (not l.restated, l.event_created)
                                    then excluded.event_created else l.event_created end,
-              linked_by_event = case when (not excluded.restated, excluded.event_created)
+              linked_by_event = case when %(replaces)s
+                                       or (not excluded.restated, excluded.event_created)
                                           >= (not l.restated, l.event_created)
                                      then excluded.linked_by_event else l.linked_by_event end,
-              restated = l.restated and excluded.restated,
+              restated = case when %(replaces)s then excluded.restated
+                              else l.restated and excluded.restated end,
+              released_customer = null,
               linked_at = now()
         """,
-        (stripe_customer_id, customer, created, event_id, restated),
-    )
+        {"id": stripe_customer_id, "customer": customer, "created": created,
+         "event": event_id, "restated": restated, "replaces": replaces},
+    )  # fmt: skip
     if previous is not None and previous != customer:
         show_latest_link(conn, previous)  # first: stripe_customer_id is unique
     show_latest_link(conn, customer)
@@ -143,7 +153,7 @@ def release(
         """
         update webhook_private.customer_links
            set customer_uuid = null, event_created = %(as_of)s, linked_by_event = %(reason)s,
-               restated = false, linked_at = now()
+               restated = false, released_customer = %(customer)s, linked_at = now()
          where stripe_customer_id = %(id)s and customer_uuid = %(customer)s
            and (restated or event_created <= %(as_of)s)
         returning 1
@@ -178,7 +188,8 @@ def unlink(
 
 
 def show_latest_link(conn: psycopg.Connection, customer: uuid.UUID) -> None:
-    """customer.stripe_customer_id shows its newest live Stripe customer (by event), or null.
+    """customer.stripe_customer_id shows its newest live Stripe customer (by event; links
+    made by new facts before restated ones, as they rank), or null.
 
     This write is the service's own, not the application's: `webhook.writing_links` tells
     the column's trigger (migration 007) not to turn it into a link request.
@@ -190,7 +201,8 @@ def show_latest_link(conn: psycopg.Connection, customer: uuid.UUID) -> None:
            set stripe_customer_id = latest.id
           from (select (select l.stripe_customer_id from webhook_private.customer_links l
                          where l.customer_uuid = %(c)s
-                         order by l.event_created desc, l.stripe_customer_id desc limit 1) as id) latest
+                         order by l.restated, l.event_created desc, l.stripe_customer_id desc
+                         limit 1) as id) latest
          where c.uuid = %(c)s and c.stripe_customer_id is distinct from latest.id
         """,
         {"c": customer},

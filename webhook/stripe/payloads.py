@@ -268,15 +268,16 @@ def customer_uuid_from(*candidates: Any) -> uuid.UUID | None:
     return None
 
 
-def sets_metadata(event: Event) -> bool:
-    """Whether the event sets its object's metadata, rather than carry it along: the
-    object's creation, or an update whose `previous_attributes` name metadata (Stripe lists
-    there what the update changed)."""
+def sets_customer_uuid(event: Event) -> bool:
+    """Whether the event sets its object's `metadata.customer_uuid`, rather than carry it
+    along: the object's creation, or an update whose `previous_attributes` name that key
+    (Stripe lists there the metadata keys the update changed, each with its old value)."""
     if event.type.endswith(".created"):
         return True
     data = event.raw.get("data")
     previous = data.get("previous_attributes") if isinstance(data, dict) else None
-    return isinstance(previous, dict) and "metadata" in previous
+    metadata = previous.get("metadata") if isinstance(previous, dict) else None
+    return isinstance(metadata, dict) and "customer_uuid" in metadata
 
 
 def metadata_customer_uuid(obj: Mapping[str, Any]) -> uuid.UUID | None:

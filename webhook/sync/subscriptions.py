@@ -300,9 +300,10 @@ def _link(
         with conn.transaction():
             accounts.lock_stripe_customer(conn, stripe_id)
             accounts.link(conn, stripe_id, customer, source, fetched, restated=True)
+            linked = accounts.linked_customer(conn, stripe_id) == customer
     except ApplyError:
         return made, unknown + 1
-    return made + 1, unknown
+    return made + linked, unknown  # a link a new fact outranks is not made
 
 
 def _metadata_uuid(metadata: dict[str, Any] | Any) -> uuid.UUID | None:

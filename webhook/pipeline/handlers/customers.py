@@ -2,7 +2,7 @@
 
 from webhook.pipeline.handlers.base import Context, Outcome, recompute_all
 from webhook.rules import accounts
-from webhook.stripe.payloads import metadata_customer_uuid, sets_metadata
+from webhook.stripe.payloads import metadata_customer_uuid, sets_customer_uuid
 
 
 def handle_customer(ctx: Context) -> Outcome:
@@ -13,7 +13,7 @@ def handle_customer(ctx: Context) -> Outcome:
     accounts.lock_stripe_customer(ctx.conn, stripe_customer)
     affected = accounts.link(
         ctx.conn, stripe_customer, customer, ctx.event.id, ctx.event.created,
-        restated=not sets_metadata(ctx.event),
+        restated=not sets_customer_uuid(ctx.event),
     )  # fmt: skip
     return recompute_all(ctx, affected)
 

@@ -1,7 +1,7 @@
 """customer.subscription.*: link the customer its metadata names, then apply the event.
 
-Metadata links as a new fact where the event sets it (the subscription's creation, an
-update that changed it); any other event only restates it (rules/accounts.link).
+`metadata.customer_uuid` links as a new fact where the event sets it (the subscription's
+creation, an update that changed it); any other event only restates it (accounts.link).
 
 The decision itself (does the state replace the mirrored one, what plan follows) is made
 in one place for every path, pipeline/subscription_batch.py; here the event is a batch of
@@ -14,7 +14,7 @@ import dataclasses
 from webhook.pipeline import subscription_batch
 from webhook.pipeline.handlers.base import Context, Outcome
 from webhook.rules import accounts
-from webhook.stripe.payloads import metadata_customer_uuid, sets_metadata
+from webhook.stripe.payloads import metadata_customer_uuid, sets_customer_uuid
 
 
 def handle_subscription(ctx: Context) -> Outcome:
@@ -24,7 +24,7 @@ def handle_subscription(ctx: Context) -> Outcome:
     if (customer := metadata_customer_uuid(ctx.event.object)) is not None:
         linked = accounts.link(
             ctx.conn, stripe_customer, customer, ctx.event.id, ctx.event.created,
-            restated=not sets_metadata(ctx.event),
+            restated=not sets_customer_uuid(ctx.event),
         )  # fmt: skip
         candidate = dataclasses.replace(candidate, linked=frozenset(linked))
     return subscription_batch.apply_one(ctx.conn, candidate, ctx)
