@@ -13,8 +13,8 @@
 -- beside its `event_created`: a new fact outranks a restated one, and within each the
 -- later wins, so the result stays the same in any order.
 --
--- Every existing link came from a new fact (or was treated as one): `restated` starts
--- false. Adding the columns rewrites nothing, but takes the table's lock
+-- Every existing link came from a new fact, but for those sync made (below): `restated`
+-- starts false. Adding the columns rewrites nothing, but takes the table's lock
 -- for a moment; it waits at most 5 s for the transactions using the links (the drains'),
 -- then fails, changes nothing, and can be run again.
 set local lock_timeout = '5s';
@@ -28,3 +28,8 @@ alter table webhook_private.customer_links
 -- a release also refused an older link to another customer, or not, depending on the
 -- order the two were applied in).
 alter table webhook_private.customer_links add column released_customer uuid;
+
+-- Links an earlier `sync` made from the metadata it read were restatements too.
+update webhook_private.customer_links
+   set restated = true
+ where linked_by_event like 'sync:%' and customer_uuid is not null;

@@ -497,3 +497,25 @@ def test_014_moves_the_trigger_functions_and_the_triggers_keep_firing(
         assert customers == [(before, "a2@example.test", {"n": 5}), (after, "b@example.test", None)]
         audit = db.execute("select customer_uuid, action from public.audit_logs").fetchall()
         assert audit == [(before, "plan_change")]
+
+
+def test_018_ranks_the_links_earlier_syncs_made_as_restated(empty_db_url, schema_copy) -> None:
+    """Links sync made from metadata before 018 are restatements; the others stay new facts."""
+    later_than(schema_copy, "017")
+    user = uuid.uuid4()
+    with psycopg.connect(empty_db_url, autocommit=True) as db:
+        migrations.migrate(db, schema_copy)
+        db.execute("insert into auth.users (id, email) values (%s, 'a@example.test')", (user,))
+        db.execute(
+            "insert into webhook_private.customer_links (stripe_customer_id, customer_uuid,"
+            " linked_by_event, event_created) values ('cus_synced', %(u)s, 'sync:7', now()),"
+            " ('cus_checkout', %(u)s, 'evt_1', now()), ('cus_app', %(u)s, 'application', now())",
+            {"u": user},
+        )
+        assert [m.version for m in migrations.migrate(db)] == ["018"]
+        rows = db.execute(
+            "select stripe_customer_id, restated, released_customer"
+            " from webhook_private.customer_links order by 1"
+        ).fetchall()
+    assert rows == [("cus_app", False, None), ("cus_checkout", False, None),
+                    ("cus_synced", True, None)]  # fmt: skip
