@@ -226,3 +226,18 @@ def test_the_customers_column_shows_a_new_facts_link_before_a_restated_one(conn,
     assert conn.execute(
         "select stripe_customer_id from public.customer where uuid = %s", (a,)
     ).fetchone() == ("cus_new",)
+
+
+def test_a_release_from_before_018_still_ranks_against_every_fact(conn, make_user) -> None:
+    """Such a release does not say whom it released: an older fact for anyone stays out."""
+    a, b = make_user(), make_user()
+    conn.execute(
+        "insert into webhook_private.customer_links (stripe_customer_id, customer_uuid,"
+        " event_created, linked_by_event) values ('cus_1', null, to_timestamp(1750000000),"
+        " 'application')"
+    )
+    assert accounts.link(conn, "cus_1", b, "evt_old", 1_700_000_000) == set()
+    assert accounts.link(conn, "cus_1", a, "sync:1", 1_760_000_000, restated=True) == set()
+    assert owner(conn) is None
+    accounts.link(conn, "cus_1", b, "evt_new", 1_760_000_000)
+    assert owner(conn) == b

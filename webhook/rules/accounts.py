@@ -81,8 +81,14 @@ def link(
     created = _moment(event_created)
     if existing is not None and existing[2] is not None:
         return set()  # the Stripe customer was deleted; nothing can link it any more
-    # Released from someone else: nothing here ranks against this fact.
-    replaces = existing is not None and existing[0] is None and existing[4] != customer
+    # Released from someone else: nothing here ranks against this fact. (A release made
+    # before migration 018 does not say whom it released, and ranks against every fact.)
+    replaces = (
+        existing is not None
+        and existing[0] is None
+        and existing[4] is not None
+        and existing[4] != customer
+    )
     if (
         existing is not None
         and not replaces
