@@ -121,14 +121,11 @@ def test_with_the_add_on_listed_any_order_and_either_mode_ends_alike(
 ) -> None:
     """The review's case: the cancellation delivered before the add-on's creation, through
     the queue, against the same events one by one in order."""
+    twin.execute(  # `plans` gave conn its plans; the twin needs Pro
+        "insert into public.plans (name, price, resources, stripe_price_id, stripe_product_id)"
+        " values ('Pro', 19.99, '{\"api_calls\": 5000}', 'price_pro', 'prod_pro')"
+    )
     for db in (conn, twin):
-        db.execute(
-            "insert into public.plans (name, price, resources, stripe_price_id,"
-            " stripe_product_id) select name, price, resources, stripe_price_id,"
-            " stripe_product_id from (values ('Pro', 19.99, '{\"api_calls\": 5000}'::jsonb,"
-            " 'price_pro', 'prod_pro')) v(name, price, resources, stripe_price_id,"
-            " stripe_product_id) where not exists (select 1 from public.plans)"
-        )
         add_on(db, price=STORAGE)
     user = make_user()
     twin.execute("insert into auth.users (id, email) values (%s, 'u@x.test')", (user,))
@@ -141,7 +138,7 @@ def test_with_the_add_on_listed_any_order_and_either_mode_ends_alike(
     assert plan_of(twin, user) is None
     queued_together = [checkout, pro, storage, cancel]
     conn.execute("truncate webhook_private.events cascade")
-    queued(conn, list(reversed(queued_together)))  # redeliveries, newest first: duplicates
+    queued(conn, list(reversed(queued_together)))  # the same events again, newest first
     assert plan_of(conn, user) is None
 
 

@@ -104,7 +104,9 @@ def apply_renewals(conn: psycopg.Connection, renewals: Sequence[Renewal]) -> lis
     owners = _owners(conn, sorted({r.stripe_customer for r in cycles if r.stripe_customer}))
     customers = sorted({owner for owner in owners.values()})
     reset_invoices, last_start = _resets(conn, customers, [r.invoice_id for r in cycles])
-    catalog = accounts.read_catalog(conn) if customers else PlanCatalog()
+    # Only a renewal whose invoice names its lines' prices can be one of add-ons alone.
+    priced = customers and any(r.line_prices for r in cycles)
+    catalog = accounts.read_catalog(conn) if priced else PlanCatalog()
     results: list[ReplayResult] = []
     claimed: list[tuple[Renewal, uuid.UUID]] = []
     for renewal in renewals:

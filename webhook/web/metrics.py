@@ -180,27 +180,30 @@ def render_drain(database: Database) -> bytes:
     long each waited), its process, and the inbox figures; not the request metrics, which
     only a web process counts. With PROMETHEUS_MULTIPROC_DIR set, whatever the folder holds
     (a folder shared with web workers on the same host adds theirs up)."""
-    if MULTIPROCESS:
-        counted = CollectorRegistry()
-        multiprocess.MultiProcessCollector(counted)
-    else:
-        counted = CollectorRegistry()
-        counted.register(EVENTS)
-        counted.register(APPLY_DELAY_SECONDS)
-        ProcessCollector(registry=counted)
-    inbox = CollectorRegistry()
-    inbox.register(_InboxCollector(database))
-    return generate_latest(counted) + generate_latest(inbox)
+
+    def drain_only() -> CollectorRegistry:
+        registry = CollectorRegistry()
+        registry.register(EVENTS)
+        registry.register(APPLY_DELAY_SECONDS)
+        ProcessCollector(registry=registry)
+        return registry
+
+    return _exposition(database, drain_only)
 
 
 def render(database: Database) -> bytes:
     """The exposition text: counted metrics (all workers) plus the inbox figures."""
     POOL_IN_USE.set(database.in_use())
+    return _exposition(database, lambda: REGISTRY)
+
+
+def _exposition(database: Database, in_memory: Callable[[], CollectorRegistry]) -> bytes:
+    """Counted metrics (from the multiprocess folder, else `in_memory()`) and the inbox's."""
     if MULTIPROCESS:
         counted = CollectorRegistry()
         multiprocess.MultiProcessCollector(counted)
     else:
-        counted = REGISTRY
+        counted = in_memory()
     inbox = CollectorRegistry()
     inbox.register(_InboxCollector(database))
     return generate_latest(counted) + generate_latest(inbox)
