@@ -512,7 +512,9 @@ def test_018_ranks_the_links_earlier_syncs_made_as_restated(empty_db_url, schema
             " ('cus_checkout', %(u)s, 'evt_1', now()), ('cus_app', %(u)s, 'application', now())",
             {"u": user},
         )
-        assert [m.version for m in migrations.migrate(db)] == ["018"]
+        # 018 first, then whatever later migrations there are.
+        applied = [m.version for m in migrations.migrate(db)]
+        assert applied[:1] == ["018"]
         rows = db.execute(
             "select stripe_customer_id, restated, released_customer"
             " from webhook_private.customer_links order by 1"
