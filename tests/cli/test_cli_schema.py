@@ -49,6 +49,7 @@ def test_migrate_on_an_empty_database_applies_everything(empty_db_url) -> None:
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[1:] == [f"applied {name}" for name in SHIPPED]
     status = run(empty_db_url, "migrate", "--status")
+    assert status.exit_code == 0, status.output
     assert f"{len(SHIPPED)} applied, 0 pending" in status.output
 
 
@@ -86,7 +87,8 @@ def test_a_database_migrated_by_a_newer_version_says_so(conn, db_url) -> None:
 
 def test_an_unmigrated_database(empty_db_url) -> None:
     status = run(empty_db_url, "migrate", "--status")
-    assert status.exit_code == 0, status.output
+    assert status.exit_code == 1, status.output  # pending: see the next test
+    assert status.stderr == ""
     assert status.output.splitlines() == [
         *(f"pending  {name}" for name in SHIPPED),
         f"0 applied, {len(SHIPPED)} pending",
@@ -96,6 +98,31 @@ def test_an_unmigrated_database(empty_db_url) -> None:
     # Nothing to drop is not an error.
     dropped = run(empty_db_url, "drop", "--yes")
     assert dropped.exit_code == 0, dropped.output
+
+
+def test_migrate_status_exits_1_while_a_migration_is_pending(conn, db_url) -> None:
+    """A deploy script asks `migrate --status` whether the database is ready for this code
+    (as `alembic check` or Django's `migrate --check` are asked): 1 while `migrate` has
+    something to apply, after the whole listing; 0 once it has run."""
+    last = migrations.discover()[-1]
+    conn.execute(
+        "delete from webhook_private.schema_migrations where version = %s", (last.version,)
+    )
+    status = run(db_url, "migrate", "--status")
+    assert status.exit_code == 1, status.output
+    assert isinstance(status.exception, SystemExit)
+    assert "Traceback" not in status.output and status.stderr == ""
+    lines = status.output.splitlines()
+    assert len(lines) == len(SHIPPED) + 1
+    assert all(line.startswith("applied  ") for line in lines[:-2])
+    assert lines[-2] == f"pending  {last.path.name}"
+    assert lines[-1] == f"{len(SHIPPED) - 1} applied, 1 pending"
+    conn.execute(
+        "insert into webhook_private.schema_migrations (version, name, checksum)"
+        " values (%s, %s, %s)",
+        (last.version, last.name, last.checksum),
+    )
+    assert run(db_url, "migrate", "--status").exit_code == 0
 
 
 def test_migrate_over_a_conflicting_schema_fails_in_one_line(empty_db_url) -> None:

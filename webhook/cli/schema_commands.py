@@ -11,7 +11,12 @@ from webhook.database import migrations
 
 
 @cli.command()
-@click.option("--status", "show_status", is_flag=True, help="List applied and pending migrations.")
+@click.option(
+    "--status",
+    "show_status",
+    is_flag=True,
+    help="List applied and pending migrations; exit 1 while any is pending.",
+)
 @click.pass_context
 def migrate(ctx: click.Context, show_status: bool) -> None:
     """Apply pending migrations from schema/ (a no-op when all are applied).
@@ -26,10 +31,13 @@ def migrate(ctx: click.Context, show_status: bool) -> None:
         ctx.obj["database_url"] = migrate_url
     if not show_status:
         _refuse_a_transaction_pooler(ctx)
+    if show_status:
+        with database(ctx, autocommit=True) as conn:
+            waiting = _print_status(conn)
+        if waiting:
+            ctx.exit(1)
+        return
     with database(ctx, autocommit=True) as conn:
-        if show_status:
-            _print_status(conn)
-            return
         applied = migrations.migrate(conn, report=click.echo)
         if not applied:
             click.echo("nothing to apply: the schema is up to date")
@@ -60,7 +68,15 @@ def _refuse_a_transaction_pooler(ctx: click.Context) -> None:
         )
 
 
-def _print_status(conn) -> None:
+def _print_status(conn) -> int:
+    """List every migration and a summary; return how many are pending.
+
+    The count becomes the exit status (1 while any is pending), so that a deploy script
+    can ask `migrate --status` whether the database is ready for this code, as it would
+    ask `alembic check`. Migrations a newer version applied, or files changed since they
+    were applied, are listed but leave it at 0: `migrate` has nothing to do about them
+    (`doctor` reports them as needing a fix).
+    """
     states = migrations.status(conn)
     for state in states:
         name = state.migration.path.name
@@ -77,6 +93,7 @@ def _print_status(conn) -> None:
         f"{len(states) - waiting} applied, {waiting} pending"
         + (f", {len(newer)} unknown to this version" if newer else "")
     )
+    return waiting
 
 
 @cli.command()
