@@ -213,6 +213,15 @@ def test_the_procfile_web_line_serves_and_stops_gracefully(
     [
         ({"WEB_WORKER_CLASS": "gevent"}, "WEB_WORKER_CLASS must be asgi or gthread, got 'gevent'"),
         ({"WEB_CONCURRENCY": "0"}, "WEB_CONCURRENCY must be at least 1, got 0"),
+        # gunicorn reads WEB_CONCURRENCY on import, before the config: not a number, it
+        # stopped with a traceback; negative, with a line that did not name the variable.
+        ({"WEB_CONCURRENCY": "abc"}, "WEB_CONCURRENCY must be a whole number, got 'abc'"),
+        ({"WEB_CONCURRENCY": "-1"}, "WEB_CONCURRENCY must be at least 1, got -1"),
+        (
+            {"WEB_WORKER_CLASS": "gthread", "WEB_THREADS": "abc"},
+            "WEB_THREADS must be a whole number, got 'abc'",
+        ),
+        ({"WEB_WORKER_CLASS": "gthread", "WEB_THREADS": "0"}, "WEB_THREADS must be at least 1"),
         ({"STRIPE_WEBHOOK_SECRET": None}, "STRIPE_WEBHOOK_SECRET is not set"),
         ({"WEB_STORE_TIMEOUT_MS": "5"}, "WEB_STORE_TIMEOUT_MS must be at least 100"),
         ({"DATABASE_URL": "postgresql://u:s3cr/et@127.0.0.1:1/x"}, "must be percent-encoded"),
@@ -243,6 +252,10 @@ def test_a_bad_setting_stops_the_web_line_with_one_line(db_url, setting, reason)
     output = done.stdout + done.stderr
     assert reason in output and "s3cr" not in output
     assert "Traceback" not in output and "Worker failed to boot" not in output
+    # One line says what is wrong, in the words the CLI would use (gunicorn's own
+    # "Starting gunicorn" may precede it).
+    errors = [line for line in output.splitlines() if "rror" in line]
+    assert len(errors) == 1 and errors[0].startswith("Error: ") and reason in errors[0], output
 
 
 @pytest.mark.parametrize("command", [["migrate"], ["drain", "--once"], ["events"]])
@@ -265,6 +278,34 @@ def test_a_bad_web_concurrency_concerns_serving_only(db_url, tmp_path) -> None:
     )
     line = one_line_error(refused, 1)
     assert "WEB_CONCURRENCY must be a whole number, got 'abc'" in line
+    # --workers does not make the variable harmless: gunicorn reads it when imported.
+    with_workers = cli(
+        "--database-url", db_url, "serve", "--port", str(free_port()), "--workers", "1",
+        cwd=tmp_path, env=env,
+    )  # fmt: skip
+    line = one_line_error(with_workers, 1)
+    assert "WEB_CONCURRENCY must be a whole number, got 'abc'" in line
+
+
+def test_a_blank_web_concurrency_is_the_default_on_the_web_line(db_url) -> None:
+    """A platform may set the variable empty: two workers, as when it is unset (gunicorn
+    itself could not read it)."""
+    env = platform_env(DATABASE_URL=db_url, STRIPE_WEBHOOK_SECRET=SECRET, WEB_CONCURRENCY=" ")
+    done = subprocess.run(
+        ["bash", "-c", f"{procfile()['web']} --check-config --print-config"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT_SECONDS,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    settings = dict(
+        (name.strip(), value.strip())
+        for name, _, value in (line.partition("=") for line in done.stdout.splitlines())
+    )
+    assert settings["workers"] == "2"
 
 
 # --- serve and trigger with a configured database -----------------------------------------

@@ -13,10 +13,11 @@ import click
 
 from webhook.cli import cli
 from webhook.cli.devsecret import dev_secret
-from webhook.core.config import load_settings, web_concurrency
+from webhook.core.config import load_settings
 from webhook.database import migrations
 from webhook.database.connect import connect, mask_url
 from webhook.database.embedded import DEFAULT_PGDATA, embedded_database_url
+from webhook.web.gunicorn_run import settle_web_concurrency
 
 DEMO_CUSTOMER = "00000000-0000-4000-8000-00000000d3e0"
 DEMO_EMAIL = "demo@example.test"
@@ -42,8 +43,10 @@ def serve(ctx: click.Context, host: str, port: int, workers: int | None) -> None
         _warn_if_pending(url)
     os.environ["DATABASE_URL"] = url
     load_settings()  # refuse to start on bad configuration, before forking workers
+    # Checked even with --workers: gunicorn reads the variable when it is imported.
+    from_environment = settle_web_concurrency(os.environ)
+    worker_count = workers or from_environment
     _banner(url, host, port, development)
-    worker_count = workers or web_concurrency(os.environ)
     from webhook.web.gunicorn_app import GunicornServer
 
     GunicornServer({"bind": f"{host}:{port}", "workers": worker_count}).run()

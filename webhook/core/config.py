@@ -112,7 +112,7 @@ def load_settings(
         drain_batch_size=_int(env, "DRAIN_BATCH_SIZE", 200, minimum=1),
         store_group_size=_int(env, "WEB_STORE_GROUP", 16, minimum=1),
         store_timeout_ms=_int(env, "WEB_STORE_TIMEOUT_MS", 5000, minimum=100),
-        web_threads=_int(env, "WEB_THREADS", 8, minimum=1),
+        web_threads=web_threads(env),
     )
 
 
@@ -125,6 +125,12 @@ TRANSACTION_POOLER_PORT = 6543
 def web_concurrency(env: Mapping[str, str]) -> int:
     """Web workers per instance: WEB_CONCURRENCY (what Heroku-style platforms set), else 2."""
     return _int(env, "WEB_CONCURRENCY", 2, minimum=1)
+
+
+def web_threads(env: Mapping[str, str]) -> int:
+    """Threads per web process: WEB_THREADS, else 8. A function of its own because
+    gunicorn's config reads it before load_settings runs (see web/gunicorn_config.py)."""
+    return _int(env, "WEB_THREADS", 8, minimum=1)
 
 
 def use_prepared_statements(setting: bool | None, database_url: str) -> bool:

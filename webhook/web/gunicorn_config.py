@@ -15,8 +15,9 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable, Mapping
 
-from webhook.core.config import load_settings, web_concurrency
+from webhook.core.config import load_settings, web_concurrency, web_threads
 from webhook.core.errors import ConfigError
 from webhook.database.connect import configured_database_url
 
@@ -24,19 +25,27 @@ _made_metrics_dir: str | None = None
 
 WORKER_CLASSES = ("asgi", "gthread")
 
+
+def _read(setting: Callable[[Mapping[str, str]], int]) -> int:
+    """A setting gunicorn takes before on_starting checks the rest: a bad value stops
+    gunicorn here with its one line, as on_starting would, not with gunicorn's own words
+    (which do not name the variable) or a traceback."""
+    try:
+        return setting(os.environ)
+    except ConfigError as exc:
+        sys.exit(f"Error: {exc}")
+
+
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
-try:
-    workers = web_concurrency(os.environ)
-except ConfigError as exc:
-    sys.exit(str(exc))
+workers = _read(web_concurrency)
 worker_class = os.environ.get("WEB_WORKER_CLASS", "").strip().lower() or WORKER_CLASSES[0]
 if worker_class not in WORKER_CLASSES:
-    sys.exit(f"WEB_WORKER_CLASS must be {' or '.join(WORKER_CLASSES)}, got {worker_class!r}")
+    sys.exit(f"Error: WEB_WORKER_CLASS must be {' or '.join(WORKER_CLASSES)}, got {worker_class!r}")
 # Threads of the threaded worker: they wait on the network and PostgreSQL more than they
 # run; while one stores, the others parse, and the deliveries they reach the store with
 # meanwhile go in one insert (web/grouped_store.py). The asyncio worker has one thread
 # for its loop (the ASGI edge keeps WEB_THREADS for what blocks: see Settings.web_threads).
-threads = int(os.environ.get("WEB_THREADS", "8")) if worker_class == "gthread" else 1
+threads = _read(web_threads) if worker_class == "gthread" else 1
 timeout = 30
 graceful_timeout = 30
 keepalive = 5
