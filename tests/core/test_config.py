@@ -13,6 +13,12 @@ def test_defaults() -> None:
     assert settings.entitled_statuses == {"active", "trialing", "past_due"}
     assert settings.database_url is None
     assert settings.store_timeout_ms == 5000
+    assert settings.log_level == "info"
+
+
+def test_the_log_level_is_read_in_any_case() -> None:
+    settings = load_settings({"STRIPE_WEBHOOK_SECRET": "whsec_a", "LOG_LEVEL": " WARNING "})
+    assert settings.log_level == "warning"
 
 
 def test_several_secrets_are_split_and_trimmed() -> None:
@@ -39,6 +45,8 @@ def test_a_missing_secret_names_the_variable(value: str | None) -> None:
         ("DB_PREPARED_STATEMENTS", "sometimes"),
         ("WEB_STORE_TIMEOUT_MS", "0"),
         ("WEB_STORE_TIMEOUT_MS", "99"),
+        ("WEB_THREADS", "abc"),
+        ("LOG_LEVEL", "loud"),
     ],
 )
 def test_bad_values_name_their_variable(name: str, value: str) -> None:

@@ -224,6 +224,7 @@ def test_the_procfile_web_line_serves_and_stops_gracefully(
         ({"WEB_WORKER_CLASS": "gthread", "WEB_THREADS": "0"}, "WEB_THREADS must be at least 1"),
         ({"STRIPE_WEBHOOK_SECRET": None}, "STRIPE_WEBHOOK_SECRET is not set"),
         ({"WEB_STORE_TIMEOUT_MS": "5"}, "WEB_STORE_TIMEOUT_MS must be at least 100"),
+        ({"LOG_LEVEL": "loud"}, "LOG_LEVEL must be info or warning or error or debug"),
         ({"DATABASE_URL": "postgresql://u:s3cr/et@127.0.0.1:1/x"}, "must be percent-encoded"),
         # No database and no development one: not a throwaway PostgreSQL in the container.
         (
@@ -306,6 +307,105 @@ def test_a_blank_web_concurrency_is_the_default_on_the_web_line(db_url) -> None:
         for name, _, value in (line.partition("=") for line in done.stdout.splitlines())
     )
     assert settings["workers"] == "2"
+
+
+# --- the service's own log lines -----------------------------------------------------------
+
+# An INFO line of the drain: a link request waited for its Stripe customer in vain, and
+# link requests rest for a while (the drain goes on). An operator must see it.
+LINK_REQUEST_WAITED = "drain: a link request waited in vain"
+HELD = "cus_held_elsewhere"
+
+
+def held_link_request(conn: psycopg.Connection, make_user) -> str:
+    """A customer the application linked to HELD (a pending link request); its e-mail."""
+    email = f"{uuid.uuid4().hex[:8]}@example.test"
+    user = make_user(email)
+    conn.execute("update public.customer set stripe_customer_id = %s where uuid = %s", (HELD, user))
+    return email
+
+
+def holding(db_url: str) -> psycopg.Connection:
+    """A session that holds HELD's Stripe-customer lock until it is closed."""
+    holder = psycopg.connect(db_url)
+    holder.execute(
+        "select pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"stripe-customer:{HELD}",)
+    )
+    return holder
+
+
+def wait_for_output(server: ServerProcess, text: str, timeout: float) -> str:
+    """The first line of the process's output that holds `text`; fail with its log if no
+    such line comes within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [line for line in server.output().splitlines() if text in line]
+        if found:
+            return found[0]
+        time.sleep(0.1)
+    raise AssertionError(f"{server.name} wrote no line with {text!r}:\n{server.tail()}")
+
+
+def advisory_waiters(conn: psycopg.Connection) -> int:
+    return conn.execute(
+        "select count(*) from pg_stat_activity where datname = current_database()"
+        " and wait_event_type = 'Lock' and wait_event = 'advisory'"
+    ).fetchone()[0]
+
+
+@pytest.mark.parametrize("line", ["web", "worker"])
+def test_the_drains_info_lines_are_shown_by_default(
+    conn, db_url, make_user, tmp_path, request, line
+) -> None:
+    """Under gunicorn (the web line's drain) and `python -m webhook drain` (the worker
+    line), with nothing configured, in gunicorn's layout and naming the logger."""
+    email = held_link_request(conn, make_user)
+    env = platform_env(PORT=str(free_port()), HOST=HOST, WEB_CONCURRENCY="1",
+                       DATABASE_URL=db_url, STRIPE_WEBHOOK_SECRET=SECRET)  # fmt: skip
+    with holding(db_url):
+        server = start(
+            f"procfile-{line}", ["bash", "-c", procfile()[line]], cwd=ROOT, env=env,
+            log_dir=tmp_path,
+        )  # fmt: skip
+        request.addfinalizer(server.stop)
+        shown = wait_for_output(server, LINK_REQUEST_WAITED, STARTUP_TIMEOUT_SECONDS)
+    assert "] [INFO] webhook.pipeline.drain_worker: drain: a link request waited" in shown
+    assert "lock timeout" in shown  # why, in the database's words
+    output = server.output()
+    assert email not in output and SECRET not in output and "Traceback" not in output
+
+
+def test_log_level_warning_leaves_the_drains_info_lines_out(
+    conn, db_url, make_user, tmp_path, request
+) -> None:
+    held_link_request(conn, make_user)
+    env = platform_env(DATABASE_URL=db_url, LOG_LEVEL="WARNING")
+    with holding(db_url):
+        server = start(
+            "procfile-worker", ["bash", "-c", procfile()["worker"]], cwd=ROOT, env=env,
+            log_dir=tmp_path,
+        )  # fmt: skip
+        request.addfinalizer(server.stop)
+        deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+        while not advisory_waiters(conn):  # the drain's link request waits ...
+            assert time.monotonic() < deadline, server.tail()
+            time.sleep(0.05)
+        while advisory_waiters(conn):  # ... and gives up: the line would be written now
+            assert time.monotonic() < deadline, server.tail()
+            time.sleep(0.05)
+    server.send(signal.SIGTERM)
+    assert server.wait(STOP_TIMEOUT_SECONDS) == 0, server.tail()
+    output = server.output()
+    assert "drain: stopped after 0 event(s)" in output
+    assert LINK_REQUEST_WAITED not in output
+    pending = "select status from webhook_private.link_requests"
+    assert conn.execute(pending).fetchall() == [("pending",)]  # it did wait in vain
+
+
+def test_a_bad_log_level_stops_the_drain_with_one_line(db_url, tmp_path) -> None:
+    env = base_env(DATABASE_URL=db_url, LOG_LEVEL="verbose")
+    line = one_line_error(cli("drain", "--once", cwd=tmp_path, env=env), 1)
+    assert "LOG_LEVEL must be info or warning or error or debug, got 'verbose'" in line
 
 
 # --- serve and trigger with a configured database -----------------------------------------

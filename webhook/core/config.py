@@ -26,6 +26,8 @@ KNOWN_STATUSES = frozenset(
     }
 )
 DEFAULT_ENTITLED_STATUSES = ("active", "trialing", "past_due")
+# The levels LOG_LEVEL accepts, the default first.
+LOG_LEVELS = ("info", "warning", "error", "debug")
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,8 @@ class Settings:
     # Threads per web process for what blocks: Flask's routes and inline applies under the
     # ASGI edge, every request under gunicorn's threaded worker.
     web_threads: int = 8
+    # The least severe level of the service's own log lines shown (not the event log's).
+    log_level: str = "info"
 
     def __repr__(self) -> str:
         # Never let a secret reach a log line through a repr.
@@ -113,6 +117,7 @@ def load_settings(
         store_group_size=_int(env, "WEB_STORE_GROUP", 16, minimum=1),
         store_timeout_ms=_int(env, "WEB_STORE_TIMEOUT_MS", 5000, minimum=100),
         web_threads=web_threads(env),
+        log_level=_choice(env, "LOG_LEVEL", LOG_LEVELS),
     )
 
 

@@ -18,6 +18,7 @@ from werkzeug.exceptions import HTTPException
 
 from webhook.core.config import load_settings, use_prepared_statements
 from webhook.core.errors import DatabaseUnavailable
+from webhook.core.logs import configure_service_log
 from webhook.database import migrations
 from webhook.database.connect import resolve_database_url
 from webhook.database.pool import Database
@@ -47,6 +48,7 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     with a missing secret fails at start-up rather than at the first delivery.
     """
     settings = load_settings({**os.environ, **(config or {})})
+    configure_service_log(settings.log_level)
     database_url = resolve_database_url(settings.database_url)
     prepare = use_prepared_statements(settings.prepared_statements, database_url)
     database = Database(
