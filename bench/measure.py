@@ -66,7 +66,7 @@ class Server:
             [
                 sys.executable,
                 "-m",
-                "gunicorn",
+                "webhook.web.gunicorn_run",  # the Procfile's web line
                 "--config",
                 "python:webhook.web.gunicorn_config",
                 "webhook.web.app:create_app()",

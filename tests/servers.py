@@ -24,9 +24,10 @@ from typing import IO, Any
 HOST = "127.0.0.1"
 REQUEST_TIMEOUT_SECONDS = 10.0
 
-# What the Procfile's web line runs, with this interpreter.
+# What the Procfile's web line runs (gunicorn, once WEB_CONCURRENCY is checked), with this
+# interpreter.
 GUNICORN_COMMAND = (
-    sys.executable, "-m", "gunicorn",
+    sys.executable, "-m", "webhook.web.gunicorn_run",
     "--config", "python:webhook.web.gunicorn_config", "webhook.web.app:create_app()",
 )  # fmt: skip
 

@@ -79,8 +79,8 @@ class Gunicorn:
 
 @pytest.fixture
 def gunicorn(tmp_path: Path) -> Iterator[Callable[..., Gunicorn]]:
-    """Starts `gunicorn --config python:webhook.web.gunicorn_config 'webhook.web.app:create_app()'`
-    (what the Procfile runs) on a free port of 127.0.0.1; every one is stopped afterwards.
+    """Starts the Procfile's web line (gunicorn with webhook.web.gunicorn_config) on a
+    free port of 127.0.0.1; every one is stopped afterwards.
 
     Keyword arguments become environment variables (DB_POOL_MAX_SIZE="1", ...).
     """

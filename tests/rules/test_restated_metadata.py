@@ -10,38 +10,13 @@ payload shapes, and where order could matter, in both orders.
 
 import time
 import uuid
-from collections.abc import Callable
 
 import psycopg
 import pytest
+from apply_ways import STATUSES, WAYS, one_by_one
 from stripe_events import API_VERSIONS, MONTH, Delivery, EventFactory
 
-from webhook.core.config import DEFAULT_ENTITLED_STATUSES
-from webhook.pipeline import inbox
-from webhook.pipeline.drain import drain_until_empty
-from webhook.pipeline.processor import ProcessingRules, process_delivery
 from webhook.rules import accounts, application_links
-from webhook.stripe.payloads import parse_event
-
-STATUSES = frozenset(DEFAULT_ENTITLED_STATUSES)
-RULES = ProcessingRules(entitled_statuses=STATUSES)
-
-
-def one_by_one(db: psycopg.Connection, deliveries: list[Delivery]) -> None:
-    for delivery in deliveries:
-        process_delivery(db, parse_event(delivery.event, delivery.body.decode()), RULES)
-
-
-def queued(db: psycopg.Connection, deliveries: list[Delivery]) -> None:
-    for delivery in deliveries:
-        inbox.receive(db, parse_event(delivery.event, delivery.body.decode()))
-    drain_until_empty(db, RULES)
-
-
-WAYS: dict[str, Callable[[psycopg.Connection, list[Delivery]], None]] = {
-    "one_by_one": one_by_one,
-    "queued": queued,
-}
 
 
 @pytest.fixture(params=API_VERSIONS)

@@ -72,10 +72,15 @@ def link(
     linked, and replaces only an older restated link, never a link or a release made by a
     new fact, whatever their times. A release concerns the customer it released only: it
     stops their lesser facts, and a link to anyone else replaces it.
+
+    Facts of equal standing (the same second, both new or both restated) are settled the
+    same way in either order: between two links the greater `event_id` (byte order) wins,
+    and a release wins over a link, as it does when it is applied after one.
     """
     existing = conn.execute(
-        "select customer_uuid, event_created, deleted_at, restated, released_customer"
-        " from webhook_private.customer_links where stripe_customer_id = %s for update",
+        "select customer_uuid, event_created, deleted_at, restated, released_customer,"
+        " coalesce(linked_by_event, '') from webhook_private.customer_links"
+        " where stripe_customer_id = %s for update",
         (stripe_customer_id,),
     ).fetchone()
     created = _moment(event_created)
@@ -93,7 +98,7 @@ def link(
         existing is not None
         and not replaces
         and existing[0] != customer
-        and _standing(existing[3], existing[1]) > _standing(restated, created)
+        and _outranks(existing, _standing(restated, created, event_id))
     ):
         # A lesser fact cannot take the link from its owner, or undo a greater release.
         return {existing[0]} if existing[0] is not None else set()
@@ -109,19 +114,15 @@ def link(
     # fact has just been found to outrank the old one), or takes the new fact's outright
     # when it replaces someone else's release.
     conn.execute(
-        """
+        f"""
         insert into webhook_private.customer_links as l
           (stripe_customer_id, customer_uuid, event_created, linked_by_event, restated)
         values (%(id)s, %(customer)s, %(created)s, %(event)s, %(restated)s)
         on conflict (stripe_customer_id) do update
           set customer_uuid = excluded.customer_uuid,
-              event_created = case when %(replaces)s
-                                     or (not excluded.restated, excluded.event_created)
-                                        >= (not l.restated, l.event_created)
+              event_created = case when %(replaces)s or {_NEW_FACT_OUTRANKS}
                                    then excluded.event_created else l.event_created end,
-              linked_by_event = case when %(replaces)s
-                                       or (not excluded.restated, excluded.event_created)
-                                          >= (not l.restated, l.event_created)
+              linked_by_event = case when %(replaces)s or {_NEW_FACT_OUTRANKS}
                                      then excluded.linked_by_event else l.linked_by_event end,
               restated = case when %(replaces)s then excluded.restated
                               else l.restated and excluded.restated end,
@@ -137,9 +138,27 @@ def link(
     return affected
 
 
-def _standing(restated: bool, moment: datetime) -> tuple[bool, datetime]:
-    """How a link fact ranks: a new fact above a restated one, then the later first."""
-    return (not restated, moment)
+# The upsert's test of `_outranks` for the owner's own facts: which one the row keeps.
+_NEW_FACT_OUTRANKS = """(not excluded.restated, excluded.event_created,
+                          coalesce(excluded.linked_by_event, '') collate "C")
+                         > (not l.restated, l.event_created,
+                            coalesce(l.linked_by_event, '') collate "C")"""
+
+
+def _standing(restated: bool, moment: datetime, event_id: str) -> tuple[bool, datetime, str]:
+    """How a link fact ranks: a new fact above a restated one, then the later, then (a
+    tie within one second) the greater event id, so either order settles it alike."""
+    return (not restated, moment, event_id)
+
+
+def _outranks(existing: tuple, fact: tuple[bool, datetime, str]) -> bool:
+    """Whether the stored link or release (a customer_links row as `link` reads it)
+    ranks above `fact`. A release ranks above a link of equal time and kind: applied
+    after one, it releases it (see `release`), so applied before, it must hold."""
+    owner, moment, _, restated, _, event_id = existing
+    if owner is None:
+        return (not restated, moment) >= fact[:2]
+    return _standing(restated, moment, event_id) > fact
 
 
 def release(

@@ -1,0 +1,126 @@
+"""Two facts about one Stripe customer in the same second settle alike in either order.
+
+Stripe's `created` counts whole seconds, so a checkout for one customer and a Stripe
+customer created with another's `customer_uuid` can carry the same time. Before, the one
+applied last won, so the owner depended on delivery order. Now between two links the
+greater event id wins (byte order), and a release wins over a link of the same moment,
+as it does when it is applied after one. Each case runs one by one and through the
+queue, in both orders, in both payload shapes.
+"""
+
+import itertools
+import time
+import uuid
+from datetime import UTC, datetime
+
+import psycopg
+import pytest
+from apply_ways import WAYS
+from stripe_events import API_VERSIONS, Delivery, EventFactory
+
+from webhook.rules import accounts
+
+
+@pytest.fixture(params=API_VERSIONS)
+def factory(request: pytest.FixtureRequest) -> EventFactory:
+    return EventFactory(request.param, start=int(time.time()) - 3600)
+
+
+def owner(conn: psycopg.Connection) -> uuid.UUID | None:
+    return accounts.linked_customer(conn, "cus_1")
+
+
+def checkout(f: EventFactory, customer: uuid.UUID, at: int) -> Delivery:
+    return f.checkout_completed(
+        customer="cus_1", subscription=None, client_reference_id=str(customer), created=at
+    )
+
+
+def created_with_metadata(f: EventFactory, customer: uuid.UUID, at: int) -> Delivery:
+    return f.customer(
+        "customer.created", customer_id="cus_1", metadata={"customer_uuid": str(customer)},
+        created=at,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("way", WAYS)
+@pytest.mark.parametrize("reverse", [False, True], ids=["in_order", "reversed"])
+def test_a_checkout_and_a_new_stripe_customer_in_one_second_settle_alike(
+    conn, make_user, factory, way, reverse
+) -> None:
+    a, b = make_user(), make_user()
+    t = factory.clock
+    facts = [checkout(factory, a, t), created_with_metadata(factory, b, t)]
+    by_event = {facts[0].event["id"]: a, facts[1].event["id"]: b}
+    WAYS[way](conn, facts[::-1] if reverse else facts)
+    assert owner(conn) == by_event[max(by_event)]
+    shown = conn.execute(
+        "select uuid from public.customer where stripe_customer_id = 'cus_1'"
+    ).fetchall()
+    assert shown == [(owner(conn),)]
+
+
+def test_every_order_of_three_links_in_one_second_ends_alike(conn, make_user) -> None:
+    """Three customers, three facts at one moment, all six orders (the rule itself)."""
+    customers = [make_user() for _ in range(3)]
+    facts = list(zip(["evt_b", "evt_c", "evt_a"], customers, strict=True))
+    results = set()
+    for number, order in enumerate(itertools.permutations(facts)):
+        stripe_id = f"cus_order_{number}"  # a Stripe customer of its own for each order
+        for event_id, customer in order:
+            accounts.link(conn, stripe_id, customer, event_id, 1_750_000_000)
+        row = conn.execute(
+            "select customer_uuid, linked_by_event from webhook_private.customer_links"
+            " where stripe_customer_id = %s",
+            (stripe_id,),
+        ).fetchone()
+        results.add(row)
+    assert results == {(customers[1], "evt_c")}
+
+
+@pytest.mark.parametrize("restated", [False, True])
+def test_one_customers_two_facts_in_one_second_keep_the_same_record(
+    conn, make_user, restated
+) -> None:
+    """The owner does not change; which fact the row names must not depend on order either."""
+    a = make_user()
+    records = set()
+    for stripe_id, order in (("cus_1", ("evt_1", "evt_2")), ("cus_2", ("evt_2", "evt_1"))):
+        for event_id in order:
+            accounts.link(conn, stripe_id, a, event_id, 1_750_000_000, restated=restated)
+        records.add(
+            conn.execute(
+                "select customer_uuid, linked_by_event, restated"
+                " from webhook_private.customer_links where stripe_customer_id = %s",
+                (stripe_id,),
+            ).fetchone()
+        )
+    assert records == {(a, "evt_2", restated)}
+
+
+@pytest.mark.parametrize("release_first", [False, True])
+def test_a_release_wins_over_a_link_of_the_same_moment_in_either_order(
+    conn, make_user, release_first
+) -> None:
+    """The application released A at the very moment an event linked A again."""
+    a = make_user()
+    moment = datetime.fromtimestamp(1_750_000_000, UTC)
+    accounts.link(conn, "cus_1", a, "evt_old", 1_700_000_000)
+    steps = [
+        lambda: accounts.release(conn, "cus_1", a, moment, "application"),
+        lambda: accounts.link(conn, "cus_1", a, "evt_same_second", moment),
+    ]
+    for step in steps if release_first else steps[::-1]:
+        step()
+    assert owner(conn) is None
+    assert conn.execute(
+        "select released_customer from webhook_private.customer_links"
+    ).fetchone() == (a,)
+
+
+def test_a_later_link_still_ends_a_release(conn, make_user) -> None:
+    a = make_user()
+    accounts.link(conn, "cus_1", a, "evt_old", 1_700_000_000)
+    accounts.release(conn, "cus_1", a, datetime.fromtimestamp(1_750_000_000, UTC), "application")
+    accounts.link(conn, "cus_1", a, "evt_later", 1_750_000_001)
+    assert owner(conn) == a
