@@ -7,9 +7,13 @@ operator would run it, or through its function where a test needs its report.
 """
 
 import itertools
+import os
 import socket
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -435,3 +439,29 @@ def test_old_payload_shapes_from_the_api_are_read(db_url, conn, plans, user, str
     standin.add("subscription", [sub(old, "sub_1", "cus_1", "trialing", "price_basic")])
     succeeds(run_sync(db_url, standin))
     assert customer_state(conn, user)["plan_id"] == plans["Basic"]
+
+
+@pytest.mark.parametrize("level", ["info", "warning"])
+def test_sync_shows_the_clients_retries_at_info(db_url, plans, factory, level) -> None:
+    """`python -m webhook sync` as an operator runs it: a 429 is tried again, and at the
+    default LOG_LEVEL the client says so on stderr as it happens, naming no key."""
+    standin = StripeStandIn(rate_limit=2, retry_after=False)
+    try:
+        standin.add("subscription", many(factory, 300))
+        env = {**os.environ, "STRIPE_API_KEY": API_KEY, "STRIPE_API_BASE": standin.url,
+               "STRIPE_API_RATE": "50", "LOG_LEVEL": level}  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "webhook", "--database-url", db_url, "sync"],
+            cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True,
+            text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        standin.close()
+    assert done.returncode == 0, done.stderr
+    retried = [line for line in done.stderr.splitlines() if "trying again" in line]
+    if level == "info":
+        assert retried and all("[INFO] webhook.stripe.client:" in line for line in retried)
+    else:
+        assert retried == []
+    assert API_KEY not in done.stdout + done.stderr
+    assert "Traceback" not in done.stderr

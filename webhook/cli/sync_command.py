@@ -12,6 +12,7 @@ from webhook.cli.context import database, processing_rules
 from webhook.cli.inspect_commands import DURATION
 from webhook.core.config import load_settings
 from webhook.core.errors import ProjectError
+from webhook.core.logs import configure_service_log
 from webhook.pipeline.drain import Applied
 from webhook.pipeline.reconcile import Change
 from webhook.stripe.client import StripeAPI, default_rate
@@ -107,6 +108,7 @@ def sync(
     if events_only:
         catchup.check_window(window)  # before anything else: a one-line answer, no traffic
     settings = load_settings(require_secret=False)
+    configure_service_log(settings.log_level)  # the client's "trying again" lines
     api = StripeAPI(
         settings.stripe_api_key or "",
         settings.stripe_api_base,
