@@ -222,6 +222,9 @@ def test_the_procfile_web_line_serves_and_stops_gracefully(
             "WEB_THREADS must be a whole number, got 'abc'",
         ),
         ({"WEB_WORKER_CLASS": "gthread", "WEB_THREADS": "0"}, "WEB_THREADS must be at least 1"),
+        # gunicorn's own words for these did not name the variable.
+        ({"PORT": "abc"}, "PORT must be a whole number, got 'abc'"),
+        ({"PORT": "70000"}, "PORT must be a port number up to 65535, got 70000"),
         ({"STRIPE_WEBHOOK_SECRET": None}, "STRIPE_WEBHOOK_SECRET is not set"),
         ({"WEB_STORE_TIMEOUT_MS": "5"}, "WEB_STORE_TIMEOUT_MS must be at least 100"),
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL must be info or warning or error or debug"),

@@ -132,6 +132,15 @@ def web_concurrency(env: Mapping[str, str]) -> int:
     return _int(env, "WEB_CONCURRENCY", 2, minimum=1)
 
 
+def web_port(env: Mapping[str, str]) -> int:
+    """The port the web line listens on: PORT (what platforms set), else 8000. Checked
+    here because gunicorn's own message for a bad one does not name the variable."""
+    port = _int(env, "PORT", 8000, minimum=1)
+    if port > 65535:
+        raise ConfigError(f"PORT must be a port number up to 65535, got {port}")
+    return port
+
+
 def web_threads(env: Mapping[str, str]) -> int:
     """Threads per web process: WEB_THREADS, else 8. A function of its own because
     gunicorn's config reads it before load_settings runs (see web/gunicorn_config.py)."""

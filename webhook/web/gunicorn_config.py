@@ -17,7 +17,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Mapping
 
-from webhook.core.config import load_settings, web_concurrency, web_threads
+from webhook.core.config import load_settings, web_concurrency, web_port, web_threads
 from webhook.core.errors import ConfigError
 from webhook.database.connect import configured_database_url
 
@@ -36,7 +36,7 @@ def _read(setting: Callable[[Mapping[str, str]], int]) -> int:
         sys.exit(f"Error: {exc}")
 
 
-bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
+bind = f"{os.environ.get('HOST', '0.0.0.0')}:{_read(web_port)}"
 workers = _read(web_concurrency)
 worker_class = os.environ.get("WEB_WORKER_CLASS", "").strip().lower() or WORKER_CLASSES[0]
 if worker_class not in WORKER_CLASSES:
