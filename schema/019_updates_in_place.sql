@@ -20,6 +20,10 @@
 -- The setting applies to pages written from now on; rows already packed get room as they
 -- move. `VACUUM FULL` (or pg_repack) at a quiet hour repacks a table at once, and needs it
 -- to itself while it runs, which is why no migration does it. Changing the setting takes
--- a lock that only other schema changes and vacuums wait for.
+-- a lock that only other schema changes and vacuums wait for (reads and writes go on); it
+-- waits at most 5 s for one running (a manual VACUUM, ANALYZE or index build), then the
+-- migration fails, changes nothing, and can be run again.
+set local lock_timeout = '5s';
+
 alter table public.customer set (fillfactor = 90);
 alter table webhook_private.subscriptions set (fillfactor = 90);

@@ -3,6 +3,7 @@
 import json
 import shutil
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -521,3 +522,30 @@ def test_018_ranks_the_links_earlier_syncs_made_as_restated(empty_db_url, schema
         ).fetchall()
     assert rows == [("cus_app", False, None), ("cus_checkout", False, None),
                     ("cus_synced", True, None)]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("version", "holder"),
+    [
+        # A manual ANALYZE (as VACUUM or an index build) holds what 019's setting needs.
+        ("019", "analyze public.customer"),
+        # A link-request poller's open transaction holds what 020's default change needs.
+        ("020", "select 1 from webhook_private.link_requests"),
+    ],
+)
+def test_a_migration_waits_for_its_lock_at_most_5_s_and_changes_nothing(
+    empty_db_url, schema_copy, version, holder
+) -> None:
+    later_than(schema_copy, str(int(version) - 1).zfill(3))
+    with psycopg.connect(empty_db_url, autocommit=True) as db:
+        migrations.migrate(db, schema_copy)
+        before = snapshot(db)
+        with psycopg.connect(empty_db_url) as other:
+            other.execute(holder)  # its transaction stays open
+            started = time.monotonic()
+            with pytest.raises(MigrationError, match=rf"{version}_.*lock timeout"):
+                migrations.migrate(db)
+            waited = time.monotonic() - started
+        assert 4 < waited < 15
+        assert snapshot(db) == before
+        assert applied_versions(db)[-1] == str(int(version) - 1).zfill(3)

@@ -15,10 +15,10 @@ from datetime import UTC, datetime
 
 import psycopg
 import pytest
-from apply_ways import WAYS
+from apply_ways import STATUSES, WAYS
 from stripe_events import API_VERSIONS, Delivery, EventFactory
 
-from webhook.rules import accounts
+from webhook.rules import accounts, application_links
 
 
 @pytest.fixture(params=API_VERSIONS)
@@ -124,3 +124,23 @@ def test_a_later_link_still_ends_a_release(conn, make_user) -> None:
     accounts.release(conn, "cus_1", a, datetime.fromtimestamp(1_750_000_000, UTC), "application")
     accounts.link(conn, "cus_1", a, "evt_later", 1_750_000_001)
     assert owner(conn) == a
+
+
+def test_the_applications_clear_then_set_in_one_statement_keeps_the_link(conn, make_user) -> None:
+    """Two writes of one statement (a DO block, a function called over the API): each is
+    dated when it is made, so the later one, setting the column again, stands (the
+    review's case; both took the statement's one moment before migration 020)."""
+    c = make_user()
+    conn.execute("update public.customer set stripe_customer_id = 'cus_1' where uuid = %s", (c,))
+    application_links.apply_pending(conn, STATUSES)
+    conn.execute(
+        f"""do $$ begin
+              update public.customer set stripe_customer_id = null where uuid = '{c}';
+              update public.customer set stripe_customer_id = 'cus_1' where uuid = '{c}';
+            end $$"""
+    )
+    application_links.apply_pending(conn, STATUSES)
+    shown = conn.execute(
+        "select stripe_customer_id from public.customer where uuid = %s", (c,)
+    ).fetchone()[0]
+    assert (owner(conn), shown) == (c, "cus_1")

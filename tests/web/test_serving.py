@@ -751,3 +751,37 @@ def test_development_mode_end_to_end(project_dir, tmp_path, request) -> None:
         f"the embedded PostgreSQL (pid {postgres}) still runs:\n{server.tail()}"
     )
     assert "Traceback" not in server.output()
+
+
+def test_a_usr2_upgrade_starts_the_web_line_again_as_it_was_started(
+    db_url, tmp_path, request
+) -> None:
+    """gunicorn's binary upgrade runs the master's command again: the launcher's module,
+    not its file's path (which would leave the working directory off the import path)."""
+    port = free_port()
+    env = platform_env(PORT=str(port), HOST=HOST, WEB_CONCURRENCY="1", DATABASE_URL=db_url,
+                       STRIPE_WEBHOOK_SECRET=SECRET)  # fmt: skip
+    server = start(
+        "procfile-web", ["bash", "-c", f"exec {procfile()['web']}"], cwd=ROOT, env=env,
+        log_dir=tmp_path,
+    )  # fmt: skip
+    request.addfinalizer(server.stop)
+    assert server.wait_for(port, "/healthz", timeout=STARTUP_TIMEOUT_SECONDS) == {"status": "ok"}
+    old_master = psutil.Process(server.pid)
+    old_workers = {child.pid for child in old_master.children()}
+    os.kill(server.pid, signal.SIGUSR2)  # the master alone, not its process group
+    deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+    while not (new := [c for c in old_master.children() if c.pid not in old_workers]):
+        assert time.monotonic() < deadline, server.tail()
+        time.sleep(0.05)
+    new_master = new[0]
+    request.addfinalizer(lambda: new_master.is_running() and new_master.terminate())
+    assert new_master.cmdline()[1:3] == ["-m", "webhook.web.gunicorn_run"]
+    os.kill(server.pid, signal.SIGTERM)  # the old master leaves; the new one serves on
+    assert server.wait(STOP_TIMEOUT_SECONDS) == 0, server.tail()
+    assert "Master has been promoted" in wait_for_output(server, "promoted", STOP_TIMEOUT_SECONDS)
+    status, body = http_request(port, "GET", "/healthz")
+    assert (status, body) == (200, {"status": "ok"})
+    new_master.terminate()
+    new_master.wait(STOP_TIMEOUT_SECONDS)
+    assert "Traceback" not in server.output()

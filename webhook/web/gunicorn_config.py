@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from webhook.core.config import load_settings, web_concurrency, web_port, web_threads
 from webhook.core.errors import ConfigError
 from webhook.database.connect import configured_database_url
+from webhook.web.gunicorn_run import restart_command
 
 _made_metrics_dir: str | None = None
 
@@ -66,13 +67,17 @@ def on_starting(server) -> None:
 
     A configuration the app would refuse stops the master here with its one-line reason,
     rather than every worker with a traceback. Workers are separate processes:
-    prometheus_client adds their counts up through files in the shared folder.
+    prometheus_client adds their counts up through files in the shared folder. A USR2
+    upgrade starts the web line again as it was started (see gunicorn_run).
     """
     try:
         settings = load_settings()
         configured_database_url(settings.database_url)
     except ConfigError as exc:
         sys.exit(f"Error: {exc}")
+    restart = restart_command()
+    if restart is not None:
+        server.START_CTX["args"] = restart
     global _made_metrics_dir
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         _made_metrics_dir = tempfile.mkdtemp(prefix="webhook-metrics-")

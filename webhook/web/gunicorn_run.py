@@ -25,6 +25,18 @@ def settle_web_concurrency(env: MutableMapping[str, str]) -> int:
     return workers
 
 
+def restart_command() -> list[str] | None:
+    """The command gunicorn should run again on USR2 (its binary upgrade), when this module
+    started it: gunicorn repeats the interpreter and `sys.argv`, whose first item is this
+    file's path, and running the file by path leaves the working directory off the import
+    path, so a project that is not pip-installed would not find `webhook` there."""
+    main_module = sys.modules.get("__main__")
+    spec = getattr(main_module, "__spec__", None)
+    if spec is None or spec.name != __name__:
+        return None
+    return [sys.executable, "-m", __name__, *sys.argv[1:]]
+
+
 def main() -> None:
     """Check WEB_CONCURRENCY, then run gunicorn with this process's arguments."""
     try:
