@@ -531,6 +531,8 @@ def test_018_ranks_the_links_earlier_syncs_made_as_restated(empty_db_url, schema
         ("019", "analyze public.customer"),
         # A link-request poller's open transaction holds what 020's default change needs.
         ("020", "select 1 from webhook_private.link_requests"),
+        # A drain's open transaction holds what 021's new columns need.
+        ("021", "select 1 from webhook_private.customer_links"),
     ],
 )
 def test_a_migration_waits_for_its_lock_at_most_5_s_and_changes_nothing(

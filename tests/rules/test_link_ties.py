@@ -20,6 +20,8 @@ from stripe_events import API_VERSIONS, Delivery, EventFactory
 
 from webhook.rules import accounts, application_links
 
+T = 1_750_000_000  # a Stripe `created`, for the rule's own tests
+
 
 @pytest.fixture(params=API_VERSIONS)
 def factory(request: pytest.FixtureRequest) -> EventFactory:
@@ -144,3 +146,102 @@ def test_the_applications_clear_then_set_in_one_statement_keeps_the_link(conn, m
         "select stripe_customer_id from public.customer where uuid = %s", (c,)
     ).fetchone()[0]
     assert (owner(conn), shown) == (c, "cus_1")
+
+
+def orders_where_the_release_follows_its_link(count: int) -> list[tuple[int, ...]]:
+    """Orders of facts 0..count-1 in which fact 0 (a link) comes before fact 1 (the
+    application's release of it): the release is made from what the application saw."""
+    return [o for o in itertools.permutations(range(count)) if o.index(0) < o.index(1)]
+
+
+def release(conn: psycopg.Connection, stripe_id: str, customer: uuid.UUID, at: datetime) -> None:
+    """The application's release, as application_links applies it."""
+    accounts.release(conn, stripe_id, customer, at, "application")
+    accounts.show_latest_link(conn, customer)
+
+
+def owners_by_order(conn: psycopg.Connection, steps, prefix: str) -> dict:
+    """The owner each order of `steps` ends with, on a Stripe customer of its own."""
+    ends: dict = {}
+    for number, order in enumerate(orders_where_the_release_follows_its_link(len(steps))):
+        stripe_id = f"{prefix}_{number}"
+        for index in order:
+            steps[index](stripe_id)
+        ends.setdefault(accounts.linked_customer(conn, stripe_id), []).append(order)
+    return ends
+
+
+@pytest.mark.parametrize("rival_restated", [True, False], ids=["restated", "older_new_fact"])
+def test_a_rival_lesser_than_the_released_link_ends_alike_in_every_order(
+    conn, make_user, rival_restated
+) -> None:
+    """A linked by a checkout (T+10); the application releases A (T+20); D's fact is
+    lesser than A's link: a routine event's metadata later than it, or a new fact older
+    than it (T). Applied before the release it lost to A's link; after, it used to
+    replace the release. Now nobody, in every order."""
+    a, d = make_user(), make_user()
+    release_at = datetime.fromtimestamp(T + 20, UTC)
+    rival_at = T + 15 if rival_restated else T
+    steps = [
+        lambda s: accounts.link(conn, s, a, "evt_checkout", T + 10),
+        lambda s: release(conn, s, a, release_at),
+        lambda s: accounts.link(conn, s, d, "evt_rival", rival_at, restated=rival_restated),
+    ]
+    assert owners_by_order(conn, steps, "cus_rival") == {
+        None: orders_where_the_release_follows_its_link(3)
+    }
+
+
+def test_a_rival_greater_than_the_released_link_takes_it_in_every_order(conn, make_user) -> None:
+    a, d = make_user(), make_user()
+    steps = [
+        lambda s: accounts.link(conn, s, a, "evt_checkout", T),
+        lambda s: release(conn, s, a, datetime.fromtimestamp(T + 20, UTC)),
+        lambda s: accounts.link(conn, s, d, "evt_new_checkout", T + 10),
+    ]
+    assert owners_by_order(conn, steps, "cus_greater") == {
+        d: orders_where_the_release_follows_its_link(3)
+    }
+
+
+def test_three_facts_of_one_second_end_alike_in_every_order(conn, make_user) -> None:
+    """A linked (evt_b), A released, D linked (evt_a), all in one second."""
+    a, d = make_user(), make_user()
+    moment = datetime.fromtimestamp(T, UTC)
+    steps = [
+        lambda s: accounts.link(conn, s, a, "evt_b", T),
+        lambda s: release(conn, s, a, moment),
+        lambda s: accounts.link(conn, s, d, "evt_a", T),
+    ]
+    assert owners_by_order(conn, steps, "cus_second") == {
+        None: orders_where_the_release_follows_its_link(3)
+    }
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_the_applications_move_still_takes_a_stripe_customer_a_checkout_linked(
+    conn, make_user, factory, way
+) -> None:
+    """Billing moved from A to B by the application (clear A, set B): B's write is newer
+    than the checkout that linked A, so it outranks the link the release ended."""
+    a, b = make_user(), make_user()
+    WAYS[way](conn, [checkout(factory, a, factory.clock)])
+    conn.execute("update public.customer set stripe_customer_id = null where uuid = %s", (a,))
+    conn.execute("update public.customer set stripe_customer_id = 'cus_1' where uuid = %s", (b,))
+    application_links.apply_pending(conn, STATUSES)
+    assert owner(conn) == b
+
+
+def test_a_release_from_before_021_lets_any_link_to_another_customer_replace_it(
+    conn, make_user
+) -> None:
+    """Such a release does not say what it ended: the rule before 021 holds for it."""
+    a, d = make_user(), make_user()
+    conn.execute(
+        "insert into webhook_private.customer_links (stripe_customer_id, customer_uuid,"
+        " event_created, linked_by_event, released_customer) values"
+        " ('cus_1', null, to_timestamp(%s), 'application', %s)",
+        (T + 20, a),
+    )
+    accounts.link(conn, "cus_1", d, "sync:1", T, restated=True)
+    assert owner(conn) == d

@@ -79,26 +79,33 @@ def link(
     """
     existing = conn.execute(
         "select customer_uuid, event_created, deleted_at, restated, released_customer,"
-        " coalesce(linked_by_event, '') from webhook_private.customer_links"
-        " where stripe_customer_id = %s for update",
+        " coalesce(linked_by_event, ''), released_link_created, released_link_restated,"
+        " coalesce(released_link_event, '')"
+        " from webhook_private.customer_links where stripe_customer_id = %s for update",
         (stripe_customer_id,),
     ).fetchone()
     created = _moment(event_created)
+    fact = _standing(restated, created, event_id)
     if existing is not None and existing[2] is not None:
         return set()  # the Stripe customer was deleted; nothing can link it any more
-    # Released from someone else: nothing here ranks against this fact. (A release made
-    # before migration 018 does not say whom it released, and ranks against every fact.)
+    # Released from someone else: the release says nothing of this customer, but the link
+    # it ended still ranks against this fact, as it would had the release come later
+    # (migration 021; a release made before it does not say, and ranks against nothing
+    # here). A release made before migration 018 does not say whom it released either,
+    # and ranks against every fact.
     replaces = (
         existing is not None
         and existing[0] is None
         and existing[4] is not None
         and existing[4] != customer
     )
+    if replaces and (ended := _released_link(existing)) is not None and ended >= fact:
+        return set()
     if (
         existing is not None
         and not replaces
         and existing[0] != customer
-        and _outranks(existing, _standing(restated, created, event_id))
+        and _outranks(existing, fact)
     ):
         # A lesser fact cannot take the link from its owner, or undo a greater release.
         return {existing[0]} if existing[0] is not None else set()
@@ -126,7 +133,8 @@ def link(
                                      then excluded.linked_by_event else l.linked_by_event end,
               restated = case when %(replaces)s then excluded.restated
                               else l.restated and excluded.restated end,
-              released_customer = null,
+              released_customer = null, released_link_created = null,
+              released_link_restated = null, released_link_event = null,
               linked_at = now()
         """,
         {"id": stripe_customer_id, "customer": customer, "created": created,
@@ -151,11 +159,18 @@ def _standing(restated: bool, moment: datetime, event_id: str) -> tuple[bool, da
     return (not restated, moment, event_id)
 
 
+def _released_link(existing: tuple) -> tuple[bool, datetime, str] | None:
+    """The standing of the link a release ended (a customer_links row as `link` reads
+    it), or None where the row does not say (a release made before migration 021)."""
+    created, restated, event_id = existing[6:9]
+    return None if created is None else _standing(restated, created, event_id)
+
+
 def _outranks(existing: tuple, fact: tuple[bool, datetime, str]) -> bool:
     """Whether the stored link or release (a customer_links row as `link` reads it)
     ranks above `fact`. A release ranks above a link of equal time and kind: applied
     after one, it releases it (see `release`), so applied before, it must hold."""
-    owner, moment, _, restated, _, event_id = existing
+    owner, moment, _, restated, _, event_id = existing[:6]
     if owner is None:
         return (not restated, moment) >= fact[:2]
     return _standing(restated, moment, event_id) > fact
@@ -172,13 +187,17 @@ def release(
 
     Unlike a deletion this is not for good: a new fact later than `as_of` may link it
     again (a restated one may not). A release is a new fact: it undoes any restated link.
-    Returns whether the link was released. The caller shows the customer's links afterwards.
+    The row keeps the standing of the link it ended, which still ranks against anyone
+    else's facts (see `link`). Returns whether the link was released. The caller shows
+    the customer's links afterwards.
     """
     row = conn.execute(
         """
         update webhook_private.customer_links
            set customer_uuid = null, event_created = %(as_of)s, linked_by_event = %(reason)s,
-               restated = false, released_customer = %(customer)s, linked_at = now()
+               restated = false, released_customer = %(customer)s, linked_at = now(),
+               released_link_created = event_created, released_link_restated = restated,
+               released_link_event = linked_by_event
          where stripe_customer_id = %(id)s and customer_uuid = %(customer)s
            and (restated or event_created <= %(as_of)s)
         returning 1
