@@ -71,7 +71,8 @@ def link(
     migration 018) ranks below every new one: it links a Stripe customer nothing else has
     linked, and replaces only an older restated link, never a link or a release made by a
     new fact, whatever their times. A release concerns the customer it released only: it
-    stops their lesser facts, and a link to anyone else replaces it.
+    stops their lesser facts, and a link to anyone else replaces it where that link
+    outranks the one the release ended (so it ends as if the release had come later).
 
     Facts of equal standing (the same second, both new or both restated) are settled the
     same way in either order: between two links the greater `event_id` (byte order) wins,
