@@ -551,3 +551,26 @@ def test_a_migration_waits_for_its_lock_at_most_5_s_and_changes_nothing(
         assert 4 < waited < 15
         assert snapshot(db) == before
         assert applied_versions(db)[-1] == str(int(version) - 1).zfill(3)
+
+
+def test_021_remembers_the_releases_the_links_show(empty_db_url, schema_copy) -> None:
+    later_than(schema_copy, "020")
+    user = uuid.uuid4()
+    with psycopg.connect(empty_db_url, autocommit=True) as db:
+        migrations.migrate(db, schema_copy)
+        db.execute("insert into auth.users (id, email) values (%s, 'r@example.test')", (user,))
+        db.execute(
+            "insert into webhook_private.customer_links (stripe_customer_id, customer_uuid,"
+            " event_created, linked_by_event, released_customer) values"
+            " ('cus_released', null, to_timestamp(1750000000), 'application', %(u)s),"
+            " ('cus_linked', %(u)s, to_timestamp(1750000000), 'evt_1', null),"
+            " ('cus_before_018', null, to_timestamp(1750000000), 'application', null)",
+            {"u": user},
+        )
+        applied = [m.version for m in migrations.migrate(db)]
+        assert applied[:1] == ["021"]
+        rows = db.execute(
+            "select stripe_customer_id, customer_uuid, extract(epoch from released_at)::int"
+            " from webhook_private.customer_link_releases"
+        ).fetchall()
+    assert rows == [("cus_released", user, 1750000000)]

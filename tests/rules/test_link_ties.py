@@ -245,3 +245,39 @@ def test_a_release_from_before_021_lets_any_link_to_another_customer_replace_it(
     )
     accounts.link(conn, "cus_1", d, "sync:1", T, restated=True)
     assert owner(conn) == d
+
+
+@pytest.mark.parametrize(
+    "order",
+    [(0, 1, 2, 3), (0, 1, 3, 2), (0, 2, 1, 3), (2, 0, 1, 3)],
+    ids=lambda o: "".join(map(str, o)),
+)
+def test_a_release_stops_its_customers_older_facts_whoever_holds_the_stripe_customer(
+    conn, make_user, order
+) -> None:
+    """X's checkout (T) is released by the application (T+20); late events bring Y's
+    checkout (T+10) and X's subscription creation (T+15). X's fact at T+15 is not newer
+    than X's release, so Y ends with the Stripe customer in every order: also after Y's
+    link replaced the release, or where the release found Y holding it (migration 021)."""
+    x, y = make_user(), make_user()
+    facts = [
+        lambda: accounts.link(conn, "cus_1", x, "evt_x_checkout", T),
+        lambda: release(conn, "cus_1", x, datetime.fromtimestamp(T + 20, UTC)),
+        lambda: accounts.link(conn, "cus_1", y, "evt_y_checkout", T + 10),
+        lambda: accounts.link(conn, "cus_1", x, "evt_x_subscription", T + 15),
+    ]
+    for index in order:
+        facts[index]()
+    assert owner(conn) == y
+    assert conn.execute(
+        "select uuid from public.customer where stripe_customer_id = 'cus_1'"
+    ).fetchall() == [(y,)]
+
+
+def test_a_newer_fact_links_a_released_customer_again(conn, make_user) -> None:
+    x, y = make_user(), make_user()
+    accounts.link(conn, "cus_1", x, "evt_x_checkout", T)
+    release(conn, "cus_1", x, datetime.fromtimestamp(T + 20, UTC))
+    accounts.link(conn, "cus_1", y, "evt_y_checkout", T + 10)
+    accounts.link(conn, "cus_1", x, "evt_x_new_checkout", T + 30)
+    assert owner(conn) == x

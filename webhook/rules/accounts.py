@@ -89,6 +89,8 @@ def link(
     fact = _standing(restated, created, event_id)
     if existing is not None and existing[2] is not None:
         return set()  # the Stripe customer was deleted; nothing can link it any more
+    if _stopped_by_a_release(conn, stripe_customer_id, customer, fact):
+        return {existing[0]} if existing is not None and existing[0] is not None else set()
     # Released from someone else: the release says nothing of this customer, but the link
     # it ended still ranks against this fact, as it would had the release come later
     # (migration 021; a release made before it does not say, and ranks against nothing
@@ -160,6 +162,20 @@ def _standing(restated: bool, moment: datetime, event_id: str) -> tuple[bool, da
     return (not restated, moment, event_id)
 
 
+def _stopped_by_a_release(
+    conn: psycopg.Connection, stripe_customer_id: str, customer: uuid.UUID, fact: tuple
+) -> bool:
+    """Whether the application released `customer` from the Stripe customer as of a
+    moment this fact is not newer than (or the fact is restated): such a fact never links
+    them again, whoever holds the Stripe customer now (migration 021)."""
+    row = conn.execute(
+        "select released_at from webhook_private.customer_link_releases"
+        " where stripe_customer_id = %s and customer_uuid = %s",
+        (stripe_customer_id, customer),
+    ).fetchone()
+    return row is not None and (True, row[0]) >= fact[:2]
+
+
 def _released_link(existing: tuple) -> tuple[bool, datetime, str] | None:
     """The standing of the link a release ended (a customer_links row as `link` reads
     it), or None where the row does not say (a release made before migration 021)."""
@@ -189,9 +205,21 @@ def release(
     Unlike a deletion this is not for good: a new fact later than `as_of` may link it
     again (a restated one may not). A release is a new fact: it undoes any restated link.
     The row keeps the standing of the link it ended, which still ranks against anyone
-    else's facts (see `link`). Returns whether the link was released. The caller shows
-    the customer's links afterwards.
+    else's facts (see `link`), and the release is remembered for this customer apart from
+    the row, even where someone else holds the Stripe customer now: their facts up to
+    `as_of` never link them to it again. Returns whether the link was released. The
+    caller shows the customer's links afterwards.
     """
+    conn.execute(
+        """
+        insert into webhook_private.customer_link_releases as r
+          (stripe_customer_id, customer_uuid, released_at)
+        values (%s, %s, %s)
+        on conflict (stripe_customer_id, customer_uuid)
+          do update set released_at = greatest(r.released_at, excluded.released_at)
+        """,
+        (stripe_customer_id, customer, as_of),
+    )
     row = conn.execute(
         """
         update webhook_private.customer_links
