@@ -1,11 +1,15 @@
-"""Two facts about one Stripe customer in the same second settle alike in either order.
+"""Facts about one Stripe customer settle alike in every order: ties and releases.
 
 Stripe's `created` counts whole seconds, so a checkout for one customer and a Stripe
 customer created with another's `customer_uuid` can carry the same time. Before, the one
 applied last won, so the owner depended on delivery order. Now between two links the
 greater event id wins (byte order), and a release wins over a link of the same moment,
-as it does when it is applied after one. Each case runs one by one and through the
-queue, in both orders, in both payload shapes.
+as it does when it is applied after one. A release keeps the standing of the link it
+ended and is remembered for its customer (migration 021), so another customer's lesser
+fact, or the released customer's own stopped fact, ends the same whether it comes before
+or after the release. Where events are involved, each case runs one by one and through
+the queue, in both payload shapes; the rule's own cases run every order in which each
+release follows the link it ends (the application releases only what it sees linked).
 """
 
 import itertools
