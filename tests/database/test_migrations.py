@@ -5,7 +5,9 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -428,6 +430,29 @@ def later_than(schema_copy: Path, version: str) -> None:
             migration.path.unlink()
 
 
+def previous_version(version: str) -> str:
+    """The version numbered just before `version` ("018" -> "017")."""
+    return f"{int(version) - 1:03d}"
+
+
+@contextmanager
+def migrated_up_to_before(
+    url: str, schema_copy: Path, version: str
+) -> Iterator[psycopg.Connection]:
+    """An autocommit connection to a database migrated up to the migration before
+    `version`, for a test to put old rows in before `migrate_from` applies the rest."""
+    later_than(schema_copy, previous_version(version))
+    with psycopg.connect(url, autocommit=True) as db:
+        migrations.migrate(db, schema_copy)
+        yield db
+
+
+def migrate_from(db: psycopg.Connection, version: str) -> None:
+    """Apply the shipped migrations still pending, `version` first."""
+    applied = [m.version for m in migrations.migrate(db)]
+    assert applied[:1] == [version]
+
+
 def test_006_gives_plans_that_named_a_product_in_stripe_plan_id_that_product(
     empty_db_url, schema_copy
 ) -> None:
@@ -502,10 +527,8 @@ def test_014_moves_the_trigger_functions_and_the_triggers_keep_firing(
 
 def test_018_ranks_the_links_earlier_syncs_made_as_restated(empty_db_url, schema_copy) -> None:
     """Links sync made from metadata before 018 are restatements; the others stay new facts."""
-    later_than(schema_copy, "017")
     user = uuid.uuid4()
-    with psycopg.connect(empty_db_url, autocommit=True) as db:
-        migrations.migrate(db, schema_copy)
+    with migrated_up_to_before(empty_db_url, schema_copy, "018") as db:
         db.execute("insert into auth.users (id, email) values (%s, 'a@example.test')", (user,))
         db.execute(
             "insert into webhook_private.customer_links (stripe_customer_id, customer_uuid,"
@@ -513,9 +536,7 @@ def test_018_ranks_the_links_earlier_syncs_made_as_restated(empty_db_url, schema
             " ('cus_checkout', %(u)s, 'evt_1', now()), ('cus_app', %(u)s, 'application', now())",
             {"u": user},
         )
-        # 018 first, then whatever later migrations there are.
-        applied = [m.version for m in migrations.migrate(db)]
-        assert applied[:1] == ["018"]
+        migrate_from(db, "018")
         rows = db.execute(
             "select stripe_customer_id, restated, released_customer"
             " from webhook_private.customer_links order by 1"
@@ -538,10 +559,8 @@ def test_018_ranks_the_links_earlier_syncs_made_as_restated(empty_db_url, schema
 def test_a_migration_waits_for_its_lock_at_most_5_s_and_changes_nothing(
     empty_db_url, schema_copy, version, holder
 ) -> None:
-    later_than(schema_copy, str(int(version) - 1).zfill(3))
-    with psycopg.connect(empty_db_url, autocommit=True) as db:
-        migrations.migrate(db, schema_copy)
-        before = snapshot(db)
+    with migrated_up_to_before(empty_db_url, schema_copy, version) as db:
+        unchanged = snapshot(db)
         with psycopg.connect(empty_db_url) as other:
             other.execute(holder)  # its transaction stays open
             started = time.monotonic()
@@ -549,15 +568,13 @@ def test_a_migration_waits_for_its_lock_at_most_5_s_and_changes_nothing(
                 migrations.migrate(db)
             waited = time.monotonic() - started
         assert 4 < waited < 15
-        assert snapshot(db) == before
-        assert applied_versions(db)[-1] == str(int(version) - 1).zfill(3)
+        assert snapshot(db) == unchanged
+        assert applied_versions(db)[-1] == previous_version(version)
 
 
 def test_021_remembers_the_releases_the_links_show(empty_db_url, schema_copy) -> None:
-    later_than(schema_copy, "020")
     user = uuid.uuid4()
-    with psycopg.connect(empty_db_url, autocommit=True) as db:
-        migrations.migrate(db, schema_copy)
+    with migrated_up_to_before(empty_db_url, schema_copy, "021") as db:
         db.execute("insert into auth.users (id, email) values (%s, 'r@example.test')", (user,))
         db.execute(
             "insert into webhook_private.customer_links (stripe_customer_id, customer_uuid,"
@@ -567,8 +584,7 @@ def test_021_remembers_the_releases_the_links_show(empty_db_url, schema_copy) ->
             " ('cus_before_018', null, to_timestamp(1750000000), 'application', null)",
             {"u": user},
         )
-        applied = [m.version for m in migrations.migrate(db)]
-        assert applied[:1] == ["021"]
+        migrate_from(db, "021")
         rows = db.execute(
             "select stripe_customer_id, customer_uuid, extract(epoch from released_at)::int"
             " from webhook_private.customer_link_releases"
