@@ -78,10 +78,10 @@ def seed(url: str, customers: int, old_events: int) -> None:
             insert into webhook_private.subscriptions
               (id, stripe_customer_id, status, price_ids, current_period_end, order_key, event_id)
             select 'sub_b' || i, 'cus_b' || i, 'active', '{price_basic}', to_timestamp(%s + %s),
-                   array[%s, 0, %s + %s, 1, 2]::bigint[], 'evt_seed_' || i
+                   array[%s, 0, %s, %s + %s, 1, 2]::bigint[], 'evt_seed_' || i
               from generate_series(1, %s) i
             """,
-            (SEED_CREATED, MONTH, SEED_CREATED, SEED_CREATED, MONTH, customers),
+            (SEED_CREATED, MONTH, SEED_CREATED, SEED_CREATED, SEED_CREATED, MONTH, customers),
         )
         if old_events:
             old = json.dumps({"id": "evt_old", "object": "event", "type": "customer.subscription.updated",

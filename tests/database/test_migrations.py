@@ -17,7 +17,10 @@ from webhook.core.config import DEFAULT_ENTITLED_STATUSES
 from webhook.core.errors import MigrationError
 from webhook.database import migrations
 from webhook.database.sqlfile import split_statements
+from webhook.fixtures import BASIL_API, EventFactory
+from webhook.pipeline import inbox
 from webhook.rules import application_links
+from webhook.stripe.payloads import parse_event
 
 # The migrations the project ships; the tests add theirs from 901 on.
 SHIPPED = [m.version for m in migrations.discover()]
@@ -554,6 +557,8 @@ def test_018_ranks_the_links_earlier_syncs_made_as_restated(empty_db_url, schema
         ("020", "select 1 from webhook_private.link_requests"),
         # A drain's open transaction holds what 021's new columns need.
         ("021", "select 1 from webhook_private.customer_links"),
+        # A drain's open batch holds what 022's rewrite of the mirror needs.
+        ("022", "update webhook_private.subscriptions set status = status"),
     ],
 )
 def test_a_migration_waits_for_its_lock_at_most_5_s_and_changes_nothing(
@@ -590,3 +595,34 @@ def test_021_remembers_the_releases_the_links_show(empty_db_url, schema_copy) ->
             " from webhook_private.customer_link_releases"
         ).fetchall()
     assert rows == [("cus_released", user, 1750000000)]
+
+
+def test_022_gives_stored_order_keys_the_start_of_their_period(empty_db_url, schema_copy) -> None:
+    """Each key gains its state's period start from the event that wrote it (either shape);
+    sync's keys gain -1, a state whose event was purged 0."""
+    old, basil = EventFactory("2024-06-20"), EventFactory(BASIL_API)
+    with migrated_up_to_before(empty_db_url, schema_copy, "022") as db:
+        rows = []
+        for name, factory, start in (("old", old, 1_760_000_000), ("basil", basil, 1_770_000_000)):
+            delivery = factory.subscription(
+                "customer.subscription.updated", sub_id=f"sub_{name}", customer=f"cus_{name}",
+                status="active", period_start=start, period_end=start + 86_400,
+            )  # fmt: skip
+            inbox.receive(db, parse_event(json.loads(delivery.body), delivery.body.decode()))
+            rows.append((f"sub_{name}", [delivery.event["created"], 0, start + 86_400, 1, 2],
+                         delivery.id))  # fmt: skip
+        rows.append(("sub_synced", [1_780_000_000, 0, -1, -1, -1], "sync:3"))
+        rows.append(("sub_purged", [1_700_000_000, 0, 1_702_000_000, 1, 2], "evt_purged"))
+        db.cursor().executemany(
+            "insert into webhook_private.subscriptions (id, stripe_customer_id, status,"
+            " order_key, event_id) values (%s, 'cus_x', 'active', %s, %s)",
+            rows,
+        )
+        migrate_from(db, "022")
+        keys = dict(db.execute("select id, order_key from webhook_private.subscriptions"))
+    assert keys == {
+        "sub_old": [rows[0][1][0], 0, 1_760_000_000, 1_760_086_400, 1, 2],
+        "sub_basil": [rows[1][1][0], 0, 1_770_000_000, 1_770_086_400, 1, 2],
+        "sub_synced": [1_780_000_000, 0, -1, -1, -1, -1],
+        "sub_purged": [1_700_000_000, 0, 0, 1_702_000_000, 1, 2],
+    }

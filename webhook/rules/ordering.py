@@ -8,9 +8,12 @@ the same row, and in the row in-order delivery gives for real lifecycles:
 
 1. the event's `created` second;
 2. on a tie, a terminal state (canceled, incomplete_expired) wins: Stripe never revives one;
-3. then the later billing period (a renewal is newer than the period it replaces);
-4. then the event type: `created` comes before any update, `deleted` after all;
-5. then how far the status has gone in the lifecycle (incomplete before active, ...).
+3. then the later start of the billing period: a period starts when it begins (a renewal,
+   a change of interval, a reset billing anchor, a trial's end), so the start only moves
+   forward, while the end can move back (yearly to monthly ends the year early);
+4. then the later end of the period (a trial extended within its period);
+5. then the event type: `created` comes before any update, `deleted` after all;
+6. then how far the status has gone in the lifecycle (incomplete before active, ...).
 
 The event id breaks any remaining tie, arbitrarily but the same way every time: byte by
 byte (COLLATE "C" in SQL, as Python compares strings), whatever the database's collation.
@@ -48,6 +51,7 @@ def subscription_order_key(
     return [
         event_created,
         1 if state.status in TERMINAL_STATUSES else 0,
+        state.current_period_start or 0,
         state.current_period_end or 0,
         _TYPE_RANK.get(event_type, 1),
         _STATUS_PROGRESS.get(state.status, 0),
@@ -67,4 +71,4 @@ def fetched_order_key(requested_at: int, state: SubscriptionState) -> list[int]:
     they win: the rest of the key is below any event's. A terminal state stays terminal,
     as for events (Stripe never revives one).
     """
-    return [requested_at, 1 if state.status in TERMINAL_STATUSES else 0, -1, -1, -1]
+    return [requested_at, 1 if state.status in TERMINAL_STATUSES else 0, -1, -1, -1, -1]

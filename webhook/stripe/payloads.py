@@ -126,6 +126,8 @@ class SubscriptionState:
     cancel_at: int | None
     ended_at: int | None
     metadata: Mapping[str, str]
+    # Last so positional construction (tests) keeps working; None when the payload lacks it.
+    current_period_start: int | None = None
 
 
 def subscription_state(sub: Mapping[str, Any]) -> SubscriptionState:
@@ -147,6 +149,7 @@ def subscription_state(sub: Mapping[str, Any]) -> SubscriptionState:
         cancel_at=_int_or_none(sub.get("cancel_at")),
         ended_at=_int_or_none(sub.get("ended_at")),
         metadata=_metadata(sub),
+        current_period_start=subscription_period_start(sub),
     )
 
 
@@ -192,6 +195,20 @@ def subscription_period_end(sub: Mapping[str, Any]) -> int | None:
         if (end := _int_or_none(item.get("current_period_end"))) is not None
     ]
     return min(ends) if ends else _int_or_none(sub.get("current_period_end"))
+
+
+def subscription_period_start(sub: Mapping[str, Any]) -> int | None:
+    """Start of the current period: on the items since basil, on the subscription before.
+
+    The latest item start: a period restarts (renewal, a new interval, a reset anchor, the
+    end of a trial) at the moment it happens, so this only moves forward.
+    """
+    starts = [
+        start
+        for item in list_data(sub.get("items"))
+        if (start := _int_or_none(item.get("current_period_start"))) is not None
+    ]
+    return max(starts) if starts else _int_or_none(sub.get("current_period_start"))
 
 
 def invoice_subscription_id(invoice: Mapping[str, Any]) -> str | None:
