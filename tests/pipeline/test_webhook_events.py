@@ -12,6 +12,7 @@ from webhook.core.config import DEFAULT_ENTITLED_STATUSES
 from webhook.pipeline.processor import ProcessingRules
 from webhook.pipeline.reconcile import reconcile
 from webhook.pipeline.replay import replay_event
+from webhook.rules import application_links
 
 RULES = ProcessingRules(entitled_statuses=frozenset(DEFAULT_ENTITLED_STATUSES))
 
@@ -103,6 +104,31 @@ def test_a_checkout_without_a_usable_reference_fails_saying_which(
     assert status == "failed"
     assert error.startswith(f"checkout session's customer reference {problem}: ")
     assert "gina" not in error  # the reference is never quoted: it may be an e-mail address
+
+
+@pytest.mark.parametrize("linked_by", ["application", "earlier_checkout"])
+def test_a_checkout_without_a_reference_for_a_linked_stripe_customer_applies(
+    conn, plans, user, stripe, factory, linked_by
+) -> None:
+    """The application linked the Stripe customer itself (or a first checkout did), then
+    sent them through Checkout again without a reference: nothing is missing. It used to
+    end `failed`, counted by /metrics and doctor, and never cleared by a replay."""
+    if linked_by == "application":
+        conn.execute("update public.customer set stripe_customer_id = 'cus_9' where uuid = %s",
+                     (user,))  # fmt: skip
+        application_links.apply_pending(conn, frozenset(DEFAULT_ENTITLED_STATUSES))
+    else:
+        stripe.send_all([factory.checkout_completed(customer="cus_9", subscription=None,
+                                                    client_reference_id=str(user))])  # fmt: skip
+    factory.tick(5)
+    again = factory.checkout_completed(customer="cus_9", subscription="sub_9",
+                                       client_reference_id=None)  # fmt: skip
+    created = factory.subscription("customer.subscription.created", sub_id="sub_9",
+                                   customer="cus_9", status="active")  # fmt: skip
+    stripe.send_all([created, again])
+    assert event_status(conn, again.id) == ("processed", None)
+    state = customer_state(conn, user)
+    assert (state["stripe_customer_id"], state["plan_id"]) == ("cus_9", plans["Pro"])
 
 
 def test_async_payment_succeeded_links_too(conn, plans, user, stripe, factory) -> None:
@@ -573,6 +599,16 @@ def test_price_updates_keep_the_plan_in_step(conn, plans, stripe, factory) -> No
         ]
     )
     assert plan_row(conn, plans["Pro"])[2] is False
+
+
+@pytest.mark.parametrize("currency", ["kwd", "bhd", "jod", "omr", "tnd"])
+def test_three_decimal_currencies_are_divided_by_a_thousand(
+    conn, plans, stripe, factory, currency
+) -> None:
+    """5.120 KWD is 5120 fils in Stripe's amounts; it was stored as 51.20."""
+    stripe.send_all([factory.price("price.updated", price_id="price_basic", unit_amount=5120,
+                                   currency=currency)])  # fmt: skip
+    assert plan_row(conn, plans["Basic"])[:2] == (Decimal("5.12"), currency)
 
 
 def test_zero_decimal_currencies_are_not_divided(conn, plans, stripe, factory) -> None:

@@ -99,3 +99,9 @@ def test_reasons_never_echo_the_header_or_secret() -> None:
         verifier().verify(BODY, bad, now=NOW)
     assert SECRET not in str(caught.value)
     assert mac("whsec_attacker", NOW) not in str(caught.value)
+
+
+def test_the_secrets_stay_out_of_the_verifiers_repr() -> None:
+    """A verifier in a traceback's locals or a debug line must not show them."""
+    shown = repr(verifier(SECRET, OLD_SECRET))
+    assert SECRET not in shown and OLD_SECRET not in shown

@@ -78,6 +78,21 @@ def test_a_declared_length_past_the_discard_limit_is_refused_unread(edge, conn) 
     assert stored_ids(conn) == []
 
 
+def delivered_in_part(edge, delivery: Delivery, receive) -> list[dict[str, Any]]:
+    """What the edge sends for a signed POST /webhook whose body comes from `receive`."""
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    headers = [(b"stripe-signature", sign(delivery.body, SECRET).encode())]
+    asyncio.run(edge(request_scope("POST", "/webhook", headers), receive, send))
+    return sent
+
+
+BODY_MISSING = b'{"error":"the request body did not arrive"}'
+
+
 def test_a_body_that_never_arrives_whole_gets_400_and_nothing_is_stored(
     edge, conn, factory
 ) -> None:
@@ -88,18 +103,33 @@ def test_a_body_that_never_arrives_whole_gets_400_and_nothing_is_stored(
         {"type": "http.request", "body": delivery.body[:100], "more_body": True},
         {"type": "http.disconnect"},
     ]
-    sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
         return messages.pop(0)
 
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
+    sent = delivered_in_part(edge, delivery, receive)
+    assert (sent[0]["status"], sent[1]["body"]) == (400, BODY_MISSING)
+    assert stored_ids(conn) == []
 
-    headers = [(b"stripe-signature", sign(delivery.body, SECRET).encode())]
-    asyncio.run(edge(request_scope("POST", "/webhook", headers), receive, send))
-    assert sent[0]["status"] == 400
-    assert sent[1]["body"] == b'{"error":"the request body did not arrive"}'
+
+def test_a_body_that_trickles_in_past_its_deadline_is_refused(
+    edge, conn, factory, monkeypatch
+) -> None:
+    """A byte now and then kept gunicorn's silence timeout from firing, for ever."""
+    monkeypatch.setattr(asgi, "BODY_SECONDS", 0.3)
+    delivery = factory.other()
+    position = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal position
+        await asyncio.sleep(0.05)
+        position += 1
+        return {"type": "http.request", "body": delivery.body[position - 1 : position],
+                "more_body": True}  # fmt: skip
+
+    sent = delivered_in_part(edge, delivery, receive)
+    assert (sent[0]["status"], sent[1]["body"]) == (400, BODY_MISSING)
+    assert 4 <= position <= 12
     assert stored_ids(conn) == []
 
 

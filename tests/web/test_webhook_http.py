@@ -539,3 +539,48 @@ def test_db_prepared_statements_decides_what_the_pool_prepares(
         assert customer_state(conn, user)["plan_id"] == plans["Pro"]
     finally:
         app.extensions["webhook"].close()
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_a_body_with_a_non_finite_number_is_refused_and_nothing_of_it_is_logged(
+    conn, client, factory: EventFactory, caplog, constant
+) -> None:
+    """Python's json reads NaN; JSON and PostgreSQL's json type do not. Before, the store
+    refused it with a 500 and the log quoted the payload (an e-mail address with it)."""
+    event = factory.customer("customer.updated", customer_id="cus_1").event
+    event["data"]["object"]["email"] = "nan.case@example.com"
+    text = json.dumps(event).replace('"balance": 0', f'"balance": {constant}')
+    assert constant in text
+    body = text.encode()
+    with caplog.at_level(logging.DEBUG):
+        status, answer = post(client, body, sign(body, SECRET))
+    assert (status, answer["error"]) == (400, "body is not valid JSON")
+    assert stored_events(conn) == 0
+    assert "example.com" not in caplog.text
+
+
+def test_a_read_only_database_is_an_outage_for_deliveries_and_readiness(
+    conn, db_url, serve, factory: EventFactory, caplog
+) -> None:
+    """Supabase's read-only mode (a full disk) or a standby after a failover: 503 so Stripe
+    sends the events again, and /readyz says why; before, 500 and a traceback each."""
+    database = conn.info.dbname
+    conn.execute(f'alter database "{database}" set default_transaction_read_only = on')
+    application = build_app(db_url)
+    try:
+        client = serve(application)
+        delivery = factory.customer("customer.created", customer_id="cus_1")
+        with caplog.at_level(logging.WARNING):
+            status, answer = post(client, delivery.body, sign(delivery.body, SECRET))
+            ready = client.get("/readyz")
+    finally:
+        application.extensions["webhook"].close()
+        conn.execute(f'alter database "{database}" reset default_transaction_read_only')
+    assert status == 503, answer
+    assert (ready.status_code, ready.get_json()) == (
+        503,
+        {"status": "unavailable", "reason": "database is read-only"},
+    )
+    # The outage line is throttled per process (one run of the two may write none).
+    assert "Traceback" not in caplog.text
+    assert stored_events(conn) == 0

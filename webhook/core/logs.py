@@ -12,6 +12,8 @@ e-mail address: they carry ids, counts and the database's or Stripe's first line
 import logging
 import sys
 
+import psycopg
+
 SERVICE_LOGGER = "webhook"
 # gunicorn's own layout, so a web process's lines read alike; the logger's name besides.
 FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
@@ -45,3 +47,16 @@ def configure_service_log(level: str) -> None:
     handler = _CurrentStderr()
     handler.setFormatter(logging.Formatter(FORMAT, DATE_FORMAT))
     logger.addHandler(handler)
+
+
+def log_unexpected(log: logging.Logger, message: str) -> None:
+    """Log the exception being handled, as `log.exception` would, unless it is the
+    database's: PostgreSQL's detail and context lines quote the data a statement carried
+    (a payload's text, with e-mail addresses), so of those only the SQLSTATE and the first
+    line are written."""
+    exc = sys.exc_info()[1]
+    if isinstance(exc, psycopg.Error):
+        primary = exc.diag.message_primary or type(exc).__name__
+        log.error("%s: database error %s: %s", message, exc.sqlstate or "-", primary)
+    else:
+        log.exception(message)

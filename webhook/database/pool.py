@@ -74,6 +74,10 @@ class Database:
             ) from None
         except psycopg.OperationalError as exc:
             raise DatabaseUnavailable(f"database error: {first_line(exc)}") from None
+        except psycopg.errors.ReadOnlySqlTransaction:
+            # Supabase's read-only mode (a full disk), or a standby after a failover: no
+            # write can succeed until it ends, so Stripe should send the event again.
+            raise DatabaseUnavailable("the database accepts no writes (read-only)") from None
         except SCHEMA_MISSING as exc:
             # Started before its migrations ran: unavailable until they do (503, and
             # Stripe sends the event again), not an error of the event.

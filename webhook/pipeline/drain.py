@@ -42,7 +42,7 @@ import psycopg
 
 from webhook.core import json_decode
 from webhook.pipeline import renewal_batch, subscription_batch
-from webhook.pipeline.handlers import HANDLERS
+from webhook.pipeline.handlers import handler_for
 from webhook.pipeline.handlers.base import Outcome
 from webhook.pipeline.processor import ProcessingRules, as_failure, run_handler
 from webhook.pipeline.renewal_batch import Renewal
@@ -212,12 +212,13 @@ def _apply(
     busy = _busy_customers(conn, {c for e in events if (c := e.stripe_customer)})
     events = [e for e in events if e.stripe_customer not in busy]
     # Only the events a handler applies lock their customer's row: the others change nothing.
+    applied = {e.id for e in events if handler_for(e) is not None}
     held = _held_elsewhere(
-        conn, {c for e in events if e.type in HANDLERS and (c := e.stripe_customer)}
+        conn, {c for e in events if e.id in applied and (c := e.stripe_customer)}
     )
-    events = [e for e in events if e.type not in HANDLERS or e.stripe_customer not in held]
-    ignored = [e for e in events if e.type not in HANDLERS]
-    handled = [e for e in events if e.type in HANDLERS]
+    events = [e for e in events if e.id not in applied or e.stripe_customer not in held]
+    ignored = [e for e in events if e.id not in applied]
+    handled = [e for e in events if e.id in applied]
     candidates: list[Candidate] = []
     one_by_one: list[Event] = []
     for event in handled:

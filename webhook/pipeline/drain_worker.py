@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 import psycopg
 
 from webhook.core.errors import ProjectError, SchemaBehind
+from webhook.core.logs import log_unexpected
 from webhook.database import migrations
 from webhook.database.connect import dead_peer_options, first_line, mask_url
 from webhook.pipeline.drain import BATCH_EVENTS, Applied, drain_batch, queued
@@ -166,6 +167,12 @@ class DrainWorker:
                 self._warn(f"drain: {exc}; waiting")
                 self._stop.wait(backoff)
                 continue
+            except psycopg.errors.ReadOnlySqlTransaction:
+                # Supabase's read-only mode or a standby after a failover: wait it out.
+                backoff = min(max(backoff * 2, 0.5), MAX_BACKOFF_SECONDS)
+                self._warn("drain: the database accepts no writes (read-only); retrying")
+                self._stop.wait(backoff)
+                continue
             except psycopg.OperationalError as exc:
                 broken = self._conn is None or self._conn.broken
                 if broken:
@@ -179,7 +186,7 @@ class DrainWorker:
                 self._stop.wait(backoff)
                 continue
             except Exception:  # never let the loop die; the next cycle may succeed
-                log.exception("drain: unexpected error; retrying")
+                log_unexpected(log, "drain: unexpected error; retrying")
                 with self._lock:
                     self._close()
                 backoff = min(max(backoff * 2, 0.5), MAX_BACKOFF_SECONDS)

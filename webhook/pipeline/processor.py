@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import psycopg
 
 from webhook.pipeline import inbox
-from webhook.pipeline.handlers import HANDLERS, Context, Outcome
+from webhook.pipeline.handlers import Context, Outcome, handler_for
 from webhook.rules.accounts import ApplyError
 from webhook.stripe.payloads import Event, PayloadError
 
@@ -71,7 +71,7 @@ def process_delivery(conn: psycopg.Connection, event: Event, rules: ProcessingRu
 
 def run_handler(conn: psycopg.Connection, event: Event, rules: ProcessingRules) -> Outcome:
     """The event type's handler, or `ignored` for a type this service does not handle."""
-    handler = HANDLERS.get(event.type)
+    handler = handler_for(event)
     if handler is None:
         return Outcome.ignored()
     context = Context(

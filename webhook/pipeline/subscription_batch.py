@@ -313,9 +313,10 @@ def _parsed(payload: Any) -> Event | None:
 
 
 def candidate_for(event: Event, rules: DecisionRules) -> Candidate | None:
-    """The event as a run takes it: a subscription event whose metadata links no customer
-    and whose state can be applied (the handler fails the others with their reason)."""
-    if event.type not in SUBSCRIPTION_TYPES:
+    """The event as a run takes it: a subscription event of the platform's own (not a
+    connected account's) whose metadata links no customer and whose state can be applied
+    (the handler fails the others with their reason, and ignores a connected account's)."""
+    if event.type not in SUBSCRIPTION_TYPES or event.account is not None:
         return None
     try:
         if metadata_customer_uuid(event.object):

@@ -39,6 +39,10 @@ ZERO_DECIMAL_CURRENCIES = frozenset(
 )
 
 
+# Stripe counts these in thousandths (fils, baisa, millimes), not hundredths.
+THREE_DECIMAL_CURRENCIES = frozenset(["bhd", "jod", "kwd", "omr", "tnd"])
+
+
 class PayloadError(ValueError):
     """The event lacks a field the processor needs; applying it cannot succeed as is."""
 
@@ -54,6 +58,8 @@ class Event:
     livemode: bool
     object: Mapping[str, Any]
     raw: Mapping[str, Any] = field(repr=False)
+    # The connected account (Stripe Connect) the event happened in; None for the platform's own.
+    account: str | None = None
     # The body exactly as received, when there is one: stored as is, not serialised again.
     text: str | None = field(default=None, repr=False)
 
@@ -103,10 +109,13 @@ def parse_event(document: Any, text: str | None = None) -> Event:
         type=event_type,
         created=created,
         api_version=api_version if isinstance(api_version, str) else None,
-        livemode=bool(document.get("livemode")),
+        livemode=document.get("livemode") is True,
         object=obj,
         raw=document,
         text=text,
+        account=account
+        if isinstance(account := document.get("account"), str) and account
+        else None,
     )
 
 
@@ -308,6 +317,8 @@ def price_amount(unit_amount: Any, currency: str) -> Decimal | None:
         return None
     if currency.lower() in ZERO_DECIMAL_CURRENCIES:
         return Decimal(unit_amount)
+    if currency.lower() in THREE_DECIMAL_CURRENCIES:
+        return Decimal(unit_amount) / 1000
     return Decimal(unit_amount) / 100
 
 

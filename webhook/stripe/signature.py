@@ -9,7 +9,7 @@ enough to return to the sender. Reasons never include the header or the secret.
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import stripe
 
@@ -32,7 +32,7 @@ class SignatureError(ProjectError):
 class SignatureVerifier:
     """Verifies deliveries against a fixed set of secrets and a timestamp tolerance."""
 
-    secrets: Sequence[str]
+    secrets: Sequence[str] = field(repr=False)  # never in a log line or a traceback
     tolerance_seconds: int = 300
 
     def __post_init__(self) -> None:

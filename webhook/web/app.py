@@ -13,12 +13,13 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+import psycopg
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from webhook.core.config import load_settings, use_prepared_statements
 from webhook.core.errors import DatabaseUnavailable
-from webhook.core.logs import configure_service_log
+from webhook.core.logs import configure_service_log, log_unexpected
 from webhook.database import migrations
 from webhook.database.connect import resolve_database_url
 from webhook.database.pool import Database
@@ -125,6 +126,7 @@ def _register_routes(app: Flask, service: Service) -> None:
             with service.database.briefly(READINESS_TIMEOUT_SECONDS) as conn:
                 waiting = [m.path.name for m in migrations.pending(conn)]
                 lag = metrics.queue_lag_seconds(conn) if not waiting else 0.0
+                writable = _accepts_writes(conn)
         except DatabaseUnavailable as exc:
             # The reason is the log's: anyone may ask /readyz, and the database's address
             # and user are not theirs to know.
@@ -133,6 +135,8 @@ def _register_routes(app: Flask, service: Service) -> None:
         if waiting:
             reason = f"migrations pending: {', '.join(waiting)}"
             return jsonify({"status": "unavailable", "reason": reason}), 503
+        if not writable:  # every delivery would get 503: take this instance out meanwhile
+            return jsonify({"status": "unavailable", "reason": "database is read-only"}), 503
         # A lag is shown, never a reason to leave the load balancer: that would only make
         # the queue longer.
         return jsonify({"status": "ready", "queue_lag_seconds": round(lag, 3)}), 200
@@ -160,8 +164,15 @@ def _register_errors(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> tuple[Response, int]:
-        log.exception("unexpected error")
+        log_unexpected(log, "unexpected error")
         return _error(500, "internal error")
+
+
+def _accepts_writes(conn: psycopg.Connection) -> bool:
+    """Whether a transaction here may write: not in Supabase's read-only mode (set when its
+    disk fills) nor on a standby (after a failover to one)."""
+    row = conn.execute("select current_setting('transaction_read_only')").fetchone()
+    return row is not None and row[0] == "off"
 
 
 # An oversized body is read and thrown away up to this much, so that the client, still
@@ -216,7 +227,7 @@ class FastWebhook:
             payload = environ["wsgi.input"].read(length)
             answer = delivery.handle(self.service, payload, environ.get("HTTP_STRIPE_SIGNATURE"))
         except Exception:
-            log.exception("unexpected error")
+            log_unexpected(log, "unexpected error")
             answer = delivery.error(500, "internal error")
         body = json.dumps(answer.body, separators=(",", ":")).encode()
         headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]

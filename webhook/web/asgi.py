@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 from flask import Flask
 
 from webhook.core.errors import DatabaseUnavailable
+from webhook.core.logs import log_unexpected
 from webhook.web import app as flask_app
 from webhook.web import delivery, metrics, wsgi_bridge
 from webhook.web.loop_store import LoopStore
@@ -101,7 +102,7 @@ class AsgiEdge:
         try:
             answer = await self._deliver(body, _header(scope["headers"], b"stripe-signature"))
         except Exception:
-            log.exception("unexpected error")
+            log_unexpected(log, "unexpected error")
             answer = delivery.error(500, "internal error")
         await _send_answer(send, answer)
 
@@ -167,26 +168,36 @@ def _body_missing() -> delivery.Answer:
     return delivery.error(400, "the request body did not arrive")
 
 
+# The longest a request's body may take to arrive. gunicorn's timeout only counts silence,
+# so a client sending a byte now and then held its connection (and the memory of what it
+# sent) for as long as it liked; Stripe sends a whole delivery at once.
+BODY_SECONDS = 30.0
+
+
 async def _read_body(receive: Receive, limit: int) -> tuple[bytes, bool]:
     """The request body up to `limit` bytes, and whether there was more. More is read on,
     up to DISCARD_LIMIT_BYTES, and thrown away, so that a client still sending receives the
     answer rather than a reset connection.
 
-    Raises _BodyMissing when the client went away, or stopped sending for gunicorn's
-    timeout, before the body was complete.
+    Raises _BodyMissing when the client went away, stopped sending for gunicorn's timeout,
+    or took longer than BODY_SECONDS in all, before the body was complete.
     """
     chunks: list[bytes] = []
     size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _BodyMissing
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size <= limit:
-            chunks.append(chunk)
-        if size > flask_app.DISCARD_LIMIT_BYTES or not message.get("more_body", False):
-            return b"".join(chunks), size > limit
+    try:
+        async with asyncio.timeout(BODY_SECONDS):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise _BodyMissing
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size <= limit:
+                    chunks.append(chunk)
+                if size > flask_app.DISCARD_LIMIT_BYTES or not message.get("more_body", False):
+                    return b"".join(chunks), size > limit
+    except TimeoutError:
+        raise _BodyMissing from None
 
 
 class _BodyMissing(Exception):

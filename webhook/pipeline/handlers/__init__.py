@@ -8,6 +8,7 @@ from webhook.pipeline.handlers.checkout import handle_checkout
 from webhook.pipeline.handlers.customers import handle_customer, handle_customer_deleted
 from webhook.pipeline.handlers.invoices import handle_invoice_paid, handle_payment_failed
 from webhook.pipeline.handlers.subscriptions import handle_subscription
+from webhook.stripe.payloads import Event
 
 Handler = Callable[[Context], Outcome]
 
@@ -34,4 +35,16 @@ HANDLERS: dict[str, Handler] = {
     "product.deleted": handle_product,
 }
 
-__all__ = ["HANDLERS", "Context", "Handler", "Outcome"]
+
+def handler_for(event: Event) -> Handler | None:
+    """The handler that applies `event`, or None to settle it as ignored: a type this
+    service does not handle, or an event of a connected account. A Connect endpoint
+    receives its connected accounts' events (with `account` set, in test mode too): their
+    customers, checkouts and subscriptions are those accounts' business, and a platform's
+    customer must not be linked or given a plan by them."""
+    if event.account is not None:
+        return None
+    return HANDLERS.get(event.type)
+
+
+__all__ = ["HANDLERS", "Context", "Handler", "Outcome", "handler_for"]

@@ -18,18 +18,22 @@ def handle_checkout(ctx: Context) -> Outcome:
     metadata = session.get("metadata") if isinstance(session.get("metadata"), dict) else {}
     references = (session.get("client_reference_id"), metadata.get("customer_uuid"))
     customer = customer_uuid_from(*references)
+    stripe_customer = expandable_id(session.get("customer"))
     if customer is None:
+        given = any(isinstance(r, str) and r.strip() for r in references)
+        if not given and stripe_customer is not None:
+            # A checkout for a Stripe customer the application linked itself (or an earlier
+            # checkout did) needs no reference: the link stands, the plan is recomputed.
+            accounts.lock_stripe_customer(ctx.conn, stripe_customer)
+            linked = accounts.linked_customer(ctx.conn, stripe_customer)
+            if linked is not None:
+                return recompute_all(ctx, [linked])
         # The reference itself is not quoted: it may be anything, an e-mail address too.
-        problem = (
-            "is not a customer uuid"
-            if any(isinstance(r, str) and r.strip() for r in references)
-            else "is missing"
-        )
+        problem = "is not a customer uuid" if given else "is missing"
         raise ApplyError(
             f"checkout session's customer reference {problem}: set client_reference_id (or"
             " metadata.customer_uuid) to the customer's uuid when creating the session"
         )
-    stripe_customer = expandable_id(session.get("customer"))
     if stripe_customer is None:
         raise ApplyError("checkout session has no Stripe customer to link")
     accounts.lock_stripe_customer(ctx.conn, stripe_customer)
