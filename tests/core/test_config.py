@@ -1,5 +1,7 @@
 """Configuration: read once, checked, and a clear message naming the bad variable."""
 
+import threading
+
 import pytest
 
 from webhook.core.config import load_settings, use_prepared_statements
@@ -52,6 +54,47 @@ def test_a_missing_secret_names_the_variable(value: str | None) -> None:
 def test_bad_values_name_their_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
         load_settings({"STRIPE_WEBHOOK_SECRET": "whsec_a", name: value})
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "reason"),
+    [
+        # float() reads these; the pool then waited "nans" or failed with OverflowError.
+        ("DB_POOL_TIMEOUT", "nan", "DB_POOL_TIMEOUT must be a finite number of seconds"),
+        ("DB_POOL_TIMEOUT", "inf", "DB_POOL_TIMEOUT must be a finite number of seconds"),
+        ("DB_POOL_TIMEOUT", "-inf", "DB_POOL_TIMEOUT must be a finite number of seconds"),
+        ("DB_POOL_TIMEOUT", "601", "DB_POOL_TIMEOUT must be at most 600 seconds"),
+        # PostgreSQL refused these on every batch ("is outside the valid range").
+        ("DB_LOCK_TIMEOUT_MS", "2147483648", "DB_LOCK_TIMEOUT_MS must be at most 2147483647"),
+        (
+            "DB_STATEMENT_TIMEOUT_MS",
+            "99999999999",
+            "DB_STATEMENT_TIMEOUT_MS must be at most 2147483647",
+        ),
+        # Past threading.TIMEOUT_MAX a deadline's wait fails with OverflowError.
+        ("WEB_STORE_TIMEOUT_MS", "1" + "0" * 20, "WEB_STORE_TIMEOUT_MS must be at most"),
+        ("DRAIN_BATCH_SIZE", "9" * 19, "DRAIN_BATCH_SIZE must be at most 2147483647"),
+    ],
+)
+def test_numbers_out_of_range_are_refused_naming_the_variable(name, value, reason) -> None:
+    with pytest.raises(ConfigError, match=reason) as raised:
+        load_settings({"STRIPE_WEBHOOK_SECRET": "whsec_a", name: value})
+    assert "\n" not in str(raised.value)
+
+
+def test_the_largest_numbers_postgresql_takes_are_accepted() -> None:
+    settings = load_settings(
+        {
+            "STRIPE_WEBHOOK_SECRET": "whsec_a",
+            "DB_LOCK_TIMEOUT_MS": "2147483647",
+            "DB_STATEMENT_TIMEOUT_MS": "2147483647",
+            "WEB_STORE_TIMEOUT_MS": "2147483647",
+            "DB_POOL_TIMEOUT": "600",
+        }
+    )
+    assert settings.lock_timeout_ms == settings.statement_timeout_ms == 2_147_483_647
+    assert settings.store_timeout_ms / 1000 < threading.TIMEOUT_MAX
+    assert settings.pool_timeout_seconds == 600.0
 
 
 def test_the_store_timeout_is_read_in_milliseconds() -> None:

@@ -4,6 +4,7 @@ A bad or missing value stops the process before it serves a single request, with
 message naming the variable, instead of failing on the first event in production.
 """
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,6 +29,13 @@ KNOWN_STATUSES = frozenset(
 DEFAULT_ENTITLED_STATUSES = ("active", "trialing", "past_due")
 # The levels LOG_LEVEL accepts, the default first.
 LOG_LEVELS = ("info", "warning", "error", "debug")
+# The largest whole number any setting takes: PostgreSQL's `integer`, which is what
+# lock_timeout and statement_timeout (and LIMIT's usual values) are read as. A larger
+# DB_LOCK_TIMEOUT_MS was accepted here and refused by PostgreSQL on every batch.
+MAX_WHOLE_NUMBER = 2_147_483_647
+# The longest DB_POOL_TIMEOUT: ten minutes, far past what Stripe or gunicorn waits for an
+# answer. Without a cap, inf reached the pool's wait as an OverflowError on every request.
+MAX_POOL_TIMEOUT_SECONDS = 600.0
 
 
 @dataclass(frozen=True)
@@ -107,7 +115,7 @@ def load_settings(
         entitled_statuses=_statuses(env),
         pool_min_size=pool_min,
         pool_max_size=pool_max,
-        pool_timeout_seconds=_float(env, "DB_POOL_TIMEOUT", 5.0),
+        pool_timeout_seconds=_float(env, "DB_POOL_TIMEOUT", 5.0, maximum=MAX_POOL_TIMEOUT_SECONDS),
         lock_timeout_ms=_int(env, "DB_LOCK_TIMEOUT_MS", 5000, minimum=1),
         statement_timeout_ms=_int(env, "DB_STATEMENT_TIMEOUT_MS", 15000, minimum=1),
         prepared_statements=prepared_statements_setting(env),
@@ -163,7 +171,16 @@ def use_prepared_statements(setting: bool | None, database_url: str) -> bool:
     return str(port) != str(TRANSACTION_POOLER_PORT)
 
 
-def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
+def _int(
+    env: Mapping[str, str],
+    name: str,
+    default: int,
+    *,
+    minimum: int,
+    maximum: int = MAX_WHOLE_NUMBER,
+) -> int:
+    """A whole number from `minimum` to `maximum` (by default PostgreSQL's integer limit,
+    since several of these end up in SQL, where a larger one fails every statement)."""
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -173,10 +190,14 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> in
         raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    if value > maximum:
+        raise ConfigError(f"{name} must be at most {maximum}, got {value}")
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
+def _float(env: Mapping[str, str], name: str, default: float, *, maximum: float) -> float:
+    """A positive, finite number of seconds up to `maximum`: Python reads "nan" and "inf"
+    as floats, and a wait of nan or inf seconds fails every request that makes it."""
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -184,8 +205,12 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number of seconds, got {raw!r}")
     if value <= 0:
         raise ConfigError(f"{name} must be positive, got {raw}")
+    if value > maximum:
+        raise ConfigError(f"{name} must be at most {maximum:g} seconds, got {raw}")
     return value
 
 
