@@ -44,6 +44,9 @@ def test_a_missing_secret_names_the_variable(value: str | None) -> None:
         ("DB_POOL_TIMEOUT", "-1"),
         ("DB_LOCK_TIMEOUT_MS", "x"),
         ("ENTITLED_STATUSES", "active,bogus"),
+        # Parsed to no status at all: every plan would be taken away.
+        ("ENTITLED_STATUSES", ","),
+        ("ENTITLED_STATUSES", " , ,"),
         ("DB_PREPARED_STATEMENTS", "sometimes"),
         ("WEB_STORE_TIMEOUT_MS", "0"),
         ("WEB_STORE_TIMEOUT_MS", "99"),

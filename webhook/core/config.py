@@ -256,10 +256,17 @@ def prepared_statements_setting(env: Mapping[str, str]) -> bool | None:
 
 
 def _statuses(env: Mapping[str, str]) -> frozenset[str]:
+    """The statuses that grant a plan. A value that names none (",") is refused: an empty
+    set would take every plan away, and `reconcile` would clear every customer's."""
     raw = env.get("ENTITLED_STATUSES", "").strip()
     if not raw:
         return frozenset(DEFAULT_ENTITLED_STATUSES)
     statuses = frozenset(s.strip() for s in raw.split(",") if s.strip())
+    if not statuses:
+        raise ConfigError(
+            f"ENTITLED_STATUSES names no subscription status, got {raw!r}: list the statuses"
+            f" that grant a plan (default: {','.join(DEFAULT_ENTITLED_STATUSES)}), or unset it"
+        )
     unknown = sorted(statuses - KNOWN_STATUSES)
     if unknown:
         raise ConfigError(
