@@ -21,10 +21,12 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import psutil
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 from servers import (
     HOST,
     ServerProcess,
@@ -271,6 +273,35 @@ def test_without_database_url_a_command_uses_no_database_it_would_make(tmp_path,
     line = one_line_error(result, 1)
     assert "DATABASE_URL is not set" in line and "make dev" in line
     assert not (tmp_path / ".pgdata").exists()
+
+
+@pytest.mark.parametrize("blank", [" ", "\n", " \t\n"])
+def test_a_blank_database_url_counts_as_unset(tmp_path, blank) -> None:
+    """As the web reads it: not libpq's default server on its local socket."""
+    result = cli("events", cwd=tmp_path, env=base_env(DATABASE_URL=blank))
+    line = one_line_error(result, 1)
+    assert "DATABASE_URL is not set" in line
+
+
+def as_url(conninfo: str) -> str:
+    """The same database as a postgresql:// URL (what a platform's secret holds)."""
+    params = conninfo_to_dict(conninfo)
+    password = f":{quote(str(params['password']), safe='')}" if params.get("password") else ""
+    host = quote(str(params.get("host") or "localhost"), safe="")
+    return (
+        f"postgresql://{quote(str(params.get('user') or 'postgres'), safe='')}{password}"
+        f"@{host}:{params.get('port') or 5432}/{quote(str(params['dbname']), safe='')}"
+    )
+
+
+@pytest.mark.parametrize("written", ["{}\n", "  {}", "\t{} \r\n"])
+def test_the_cli_trims_database_url_as_the_web_does(db_url, tmp_path, written) -> None:
+    """A secret file's trailing newline, or a stray space, is not part of the URL (it made
+    the database name end in a newline, or the URL unreadable)."""
+    env = base_env(DATABASE_URL=written.format(as_url(db_url)))
+    result = cli("events", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["no events match"]
 
 
 def test_a_bad_web_concurrency_concerns_serving_only(db_url, tmp_path) -> None:

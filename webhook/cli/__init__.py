@@ -47,7 +47,9 @@ class _Group(click.Group):
 @click.pass_context
 def cli(ctx: click.Context, database_url: str | None) -> None:
     """Stripe webhooks mapped onto customer plans: serve, migrate and operate."""
-    ctx.obj = {"database_url": database_url or None}
+    # Trimmed, and blank counts as unset, as the web reads DATABASE_URL (load_settings):
+    # a secret file's trailing newline or a stray space is not part of the URL.
+    ctx.obj = {"database_url": (database_url or "").strip() or None}
 
 
 def main() -> None:

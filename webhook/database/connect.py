@@ -62,8 +62,10 @@ def configured_database_url(explicit: str | None = None) -> str | None:
     cannot read, or reads otherwise than written, is refused too, before a pool or a
     command tries it: libpq's messages would quote the part it misread, which can be the
     password. Starts nothing (the web line's master checks this before any worker starts).
+    Either is trimmed, and a blank one counts as unset (a trailing newline from a secret
+    file is not part of the URL; a blank one must not mean libpq's default server).
     """
-    url = explicit or os.environ.get("DATABASE_URL", "").strip()
+    url = (explicit or "").strip() or os.environ.get("DATABASE_URL", "").strip()
     if url:
         check_readable(url)
         return url
