@@ -645,11 +645,24 @@ def test_trigger_rejects_a_bad_customer(tmp_path) -> None:
     assert "not-a-uuid" in line
 
 
-def test_trigger_rejects_a_url_that_is_not_http(tmp_path) -> None:
-    result = cli("trigger", "lifecycle", "--url", "not-a-url", cwd=tmp_path,
+@pytest.mark.parametrize(
+    "url",
+    [
+        "not-a-url",
+        # http.client's or urllib's own errors for these were tracebacks.
+        "http://localhost:abc/webhook",
+        "http://exa mple.com/",
+        "http://[::1",
+        "http://localhost:99999/webhook",
+        "http:///webhook",
+        "http://localhost/web hook",
+    ],
+)
+def test_trigger_rejects_a_url_it_cannot_post_to(tmp_path, url) -> None:
+    result = cli("trigger", "lifecycle", "--url", url, cwd=tmp_path,
                  env=base_env(STRIPE_WEBHOOK_SECRET=SECRET))  # fmt: skip
     line = one_line_error(result, 2)
-    assert "--url" in line and "not-a-url" in line
+    assert "--url" in line and repr(url) in line
 
 
 @pytest.mark.parametrize(

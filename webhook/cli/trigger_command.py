@@ -9,6 +9,7 @@ seconds, APPLY_WAIT_SECONDS by default) until its drain has applied them, prints
 outcome, and fails if some were still not applied.
 """
 
+import http.client
 import json
 import os
 import re
@@ -19,6 +20,7 @@ import urllib.request
 import uuid
 from datetime import date
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import click
 import psycopg
@@ -104,8 +106,7 @@ def trigger(
     wait_seconds: float,
 ) -> None:
     """Post a signed EVENT_TYPE (or `lifecycle`: sign-up, renewal, cancel) to URL."""
-    if not url.startswith(("http://", "https://")):
-        raise click.BadParameter(f"{url!r} is not an http(s) URL", param_hint="'--url'")
+    _check_url(url)
     if event_type != "lifecycle" and not EVENT_TYPE.fullmatch(event_type):
         raise click.BadParameter(
             f"{event_type!r} is not a Stripe event type (such as invoice.paid) or `lifecycle`",
@@ -155,6 +156,31 @@ def trigger(
             f"the server stored the events, but nothing applied them within"
             f" {wait_seconds:g}s: is a drain running (WEB_DRAIN=off needs"
             " `python -m webhook drain`)?"
+        )
+
+
+def _check_url(url: str) -> None:
+    """Refuse, as a usage error naming --url, a URL that urllib cannot post to: not
+    http(s), no host, a port that is not a number from 1 to 65535, a bracket left open,
+    or a space or control character (http.client's own errors for these were tracebacks)."""
+    reason = None
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError: not a number, or out of range
+    except ValueError as exc:
+        parts, port, reason = None, None, str(exc)
+    if parts is not None and reason is None:
+        if parts.scheme not in ("http", "https"):
+            reason = "not an http(s) URL"
+        elif not parts.hostname:
+            reason = "no host"
+        elif port == 0:
+            reason = "port 0"
+        elif any(ord(char) <= 0x20 or ord(char) == 0x7F for char in url):
+            reason = "a space or control character"
+    if reason is not None:
+        raise click.BadParameter(
+            f"{url!r} is not a URL to post to ({reason})", param_hint="'--url'"
         )
 
 
@@ -357,6 +383,8 @@ def _post(url: str, delivery: Delivery, secret: str) -> tuple[int, str]:
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise ProjectError(f"cannot reach {url}: {reason} (is `make dev` running?)") from None
+    except (http.client.InvalidURL, ValueError) as exc:  # what _check_url did not foresee
+        raise ProjectError(f"cannot post to {url!r}: {exc}") from None
 
 
 def _short(body: bytes) -> str:
