@@ -671,6 +671,8 @@ def test_trigger_rejects_a_url_it_cannot_post_to(tmp_path, url) -> None:
         (["invoice-paid"], "EVENT_TYPE"),  # a typo: nothing would handle it
         (["invoice.paid", "--api-version", "2026-13-01"], "--api-version"),
         (["invoice.paid", "--api-version", "endive"], "--api-version"),
+        # Not one of Stripe's: it took the customer's plan away as "not entitled".
+        (["customer.subscription.updated", "--status", "bogus"], "--status"),
     ],
 )
 def test_trigger_rejects_what_is_not_an_event_type_or_an_api_version(

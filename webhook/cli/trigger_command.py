@@ -29,6 +29,7 @@ from webhook.cli import cli
 from webhook.cli.context import database
 from webhook.cli.devsecret import existing_dev_secret
 from webhook.cli.serve_command import DEMO_CUSTOMER
+from webhook.core.config import KNOWN_STATUSES
 from webhook.core.errors import ConfigError, ProjectError
 from webhook.database.embedded import DEFAULT_PGDATA
 from webhook.fixtures import API_VERSIONS, ENDIVE_API, MONTH, Delivery, EventFactory
@@ -69,7 +70,14 @@ SUBSCRIPTION_TYPES = (
     help="Stripe product of --price, e.g. prod_sample_pro for a price that is not in plans"
     " but belongs to a plan's product. Default: derived from the price id.",
 )
-@click.option("--status", default=None, help="Subscription status (subscription events).")
+@click.option(
+    "--status",
+    # Stripe's own statuses only: any other word was sent, read as not entitled, and
+    # silently took the customer's plan away.
+    type=click.Choice(sorted(KNOWN_STATUSES)),
+    default=None,
+    help="Subscription status (subscription events).",
+)
 @click.option(
     "--subscription",
     "subscription_id",
