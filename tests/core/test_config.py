@@ -52,6 +52,10 @@ def test_a_missing_secret_names_the_variable(value: str | None) -> None:
         ("WEB_STORE_TIMEOUT_MS", "99"),
         ("WEB_THREADS", "abc"),
         ("LOG_LEVEL", "loud"),
+        # The web's re-fetch and `sync` would fail on these only when reading the port.
+        ("STRIPE_API_BASE", "http://localhost:abc"),
+        ("STRIPE_API_BASE", "http://[::1"),
+        ("STRIPE_API_BASE", "api.stripe.com"),
     ],
 )
 def test_bad_values_name_their_variable(name: str, value: str) -> None:

@@ -26,7 +26,7 @@ from webhook_support import StripeSender, audit_rows, customer_state
 
 from webhook.cli import cli
 from webhook.core.config import DEFAULT_ENTITLED_STATUSES
-from webhook.core.errors import ProjectError
+from webhook.core.errors import ConfigError, ProjectError
 from webhook.stripe.client import StripeAPI, StripeAPIError
 from webhook.sync import runs
 from webhook.sync.subscriptions import sync_subscriptions
@@ -393,6 +393,11 @@ def test_with_an_unreachable_api(db_url):
         ([], {"STRIPE_API_RATE": "fast"}, "STRIPE_API_RATE must be a number"),
         ([], {"STRIPE_API_RATE": "500"}, "STRIPE_API_RATE must be at most 100"),
         ([], {"STRIPE_API_BASE": "ftp://x"}, "STRIPE_API_BASE must be an http(s) URL"),
+        # urllib reads these and fails only when the port is asked for: a traceback.
+        ([], {"STRIPE_API_BASE": "http://localhost:abc"}, "STRIPE_API_BASE must be an http"),
+        ([], {"STRIPE_API_BASE": "http://localhost:99999"}, "STRIPE_API_BASE must be an http"),
+        ([], {"STRIPE_API_BASE": "http://[::1"}, "STRIPE_API_BASE must be an http(s) URL"),
+        (["--events"], {"STRIPE_API_BASE": "http://localhost:abc"}, "STRIPE_API_BASE must be"),
         ([], {"STRIPE_API_MAX_RETRIES": "-1"}, "STRIPE_API_MAX_RETRIES must be at least 0"),
     ],
 )
@@ -421,6 +426,14 @@ def test_the_run_bookkeeping_refuses_nothing_on_a_fresh_database(conn):
         # The same process cannot be "another" run, but a live owner elsewhere is.
         conn.execute("update webhook_private.sync_runs set owner = 'other-host:1'")
         runs.start(conn, "subscriptions", "subscriptions")
+
+
+@pytest.mark.parametrize(
+    "base", ["http://localhost:abc", "https://api.example:70000", "gopher://x"]
+)
+def test_the_client_refuses_a_base_it_cannot_reach_naming_the_variable(base):
+    with pytest.raises(ConfigError, match=r"^STRIPE_API_BASE must be an http"):
+        StripeAPI(API_KEY, base)
 
 
 def test_a_stripe_error_is_one_line(standin):

@@ -8,6 +8,7 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -109,7 +110,7 @@ def load_settings(
         database_url=env.get("DATABASE_URL", "").strip() or None,
         tolerance_seconds=_int(env, "STRIPE_WEBHOOK_TOLERANCE", 300, minimum=1),
         stripe_api_key=env.get("STRIPE_API_KEY", "").strip() or None,
-        stripe_api_base=env.get("STRIPE_API_BASE", "").strip() or None,
+        stripe_api_base=checked_stripe_api_base(env.get("STRIPE_API_BASE", "").strip() or None),
         stripe_api_rate=_optional_rate(env),
         stripe_api_max_retries=_int(env, "STRIPE_API_MAX_RETRIES", 7, minimum=0),
         entitled_statuses=_statuses(env),
@@ -153,6 +154,24 @@ def web_threads(env: Mapping[str, str]) -> int:
     """Threads per web process: WEB_THREADS, else 8. A function of its own because
     gunicorn's config reads it before load_settings runs (see web/gunicorn_config.py)."""
     return _int(env, "WEB_THREADS", 8, minimum=1)
+
+
+def checked_stripe_api_base(value: str | None) -> str | None:
+    """STRIPE_API_BASE as given, once it is an http(s) URL with a host and, if it names
+    one, a port number: urllib reads `http://localhost:abc` and only fails, with a
+    traceback, when the port is asked for (by `sync`'s client, or the web's re-fetch)."""
+    if value is None:
+        return None
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (raises ValueError: not a number, or out of range)
+    except ValueError as exc:
+        raise ConfigError(
+            f"STRIPE_API_BASE must be an http(s) URL, got {value!r} ({exc})"
+        ) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"STRIPE_API_BASE must be an http(s) URL, got {value!r}")
+    return value
 
 
 def use_prepared_statements(setting: bool | None, database_url: str) -> bool:

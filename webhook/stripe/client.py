@@ -33,6 +33,7 @@ from urllib.parse import urlencode, urlsplit
 
 import stripe
 
+from webhook.core.config import checked_stripe_api_base
 from webhook.core.errors import ConfigError, ProjectError
 
 log = logging.getLogger(__name__)
@@ -169,9 +170,9 @@ class StripeAPI:
                 "STRIPE_API_KEY is not set: sync reads your subscriptions, customers and events"
                 " from Stripe's API; give a secret or restricted key with read access to them"
             )
-        base = urlsplit(self.base_url or DEFAULT_API_BASE)
-        if base.scheme not in ("http", "https") or not base.hostname:
-            raise ConfigError(f"STRIPE_API_BASE must be an http(s) URL, got {self.base_url!r}")
+        # Checked as load_settings checks it (a port that is not a number made `.port`
+        # raise here, a traceback): the client may be given a base of its own.
+        base = urlsplit(checked_stripe_api_base(self.base_url) or DEFAULT_API_BASE)
         self._scheme, self._host, self._port = base.scheme, base.hostname, base.port
         self._prefix = base.path.rstrip("/")
         self.throttle = Throttle(self.rate or default_rate(self.api_key), sleep=self.sleep)
