@@ -179,6 +179,22 @@ def test_a_drain_whose_metrics_port_is_taken_says_so_in_one_line(db_url) -> None
     ]
 
 
+def test_a_drain_whose_metrics_folder_is_missing_says_so_in_one_line(db_url, tmp_path) -> None:
+    """prometheus_client's first count in a missing PROMETHEUS_MULTIPROC_DIR was a
+    FileNotFoundError traceback."""
+    missing = tmp_path / "missing"
+    env = base_env(DATABASE_URL=db_url, HOST="127.0.0.1", PROMETHEUS_MULTIPROC_DIR=str(missing))
+    done = subprocess.run(
+        [sys.executable, "-m", "webhook", "drain", "--once", "--metrics-port", str(free_port())],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith(
+        f"Error: PROMETHEUS_MULTIPROC_DIR must be an existing folder, got '{missing}'"
+    )
+
+
 def test_loading_the_cli_leaves_prometheus_unimported() -> None:
     """prometheus_client fixes in-memory or multiprocess values when first imported, and
     `serve` sets PROMETHEUS_MULTIPROC_DIR in gunicorn's master after loading the CLI: were

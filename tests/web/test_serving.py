@@ -230,6 +230,13 @@ def test_the_procfile_web_line_serves_and_stops_gracefully(
         ({"STRIPE_WEBHOOK_SECRET": None}, "STRIPE_WEBHOOK_SECRET is not set"),
         ({"WEB_STORE_TIMEOUT_MS": "5"}, "WEB_STORE_TIMEOUT_MS must be at least 100"),
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL must be info or warning or error or debug"),
+        # Any word but on meant off.
+        ({"WEB_ACCESS_LOG": "yes"}, "WEB_ACCESS_LOG must be off or on, got 'yes'"),
+        # Every worker crashed at boot with a FileNotFoundError traceback.
+        (
+            {"PROMETHEUS_MULTIPROC_DIR": "/nonexistent/metrics"},
+            "PROMETHEUS_MULTIPROC_DIR must be an existing folder, got '/nonexistent/metrics'",
+        ),
         ({"DATABASE_URL": "postgresql://u:s3cr/et@127.0.0.1:1/x"}, "must be percent-encoded"),
         # No database and no development one: not a throwaway PostgreSQL in the container.
         (

@@ -15,7 +15,7 @@ import click
 
 from webhook.cli import cli
 from webhook.cli.context import database_url, processing_rules
-from webhook.core.config import load_settings, use_prepared_statements
+from webhook.core.config import load_settings, metrics_dir, use_prepared_statements
 from webhook.core.errors import ProjectError
 from webhook.core.logs import configure_service_log
 from webhook.database.pool import Database
@@ -91,7 +91,9 @@ def _serve_metrics(url: str, port: int) -> Callable[[], None]:
     """
     # Imported here, not with the CLI: prometheus_client chooses between in-memory and
     # multiprocess values when first imported, and `serve` sets PROMETHEUS_MULTIPROC_DIR
-    # (in gunicorn's master) only after the CLI is loaded.
+    # (in gunicorn's master) only after the CLI is loaded. A folder it names must exist
+    # first: prometheus_client's first count in a missing one is a FileNotFoundError.
+    metrics_dir(os.environ)
     from webhook.web import metrics
 
     database = Database(url, min_size=0, max_size=1, timeout=5)

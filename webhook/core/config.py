@@ -6,7 +6,7 @@ message naming the variable, instead of failing on the first event in production
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -154,6 +154,56 @@ def web_threads(env: Mapping[str, str]) -> int:
     """Threads per web process: WEB_THREADS, else 8. A function of its own because
     gunicorn's config reads it before load_settings runs (see web/gunicorn_config.py)."""
     return _int(env, "WEB_THREADS", 8, minimum=1)
+
+
+# The gunicorn worker classes the web line runs, the default first (see web/gunicorn_config.py).
+WORKER_CLASSES = ("asgi", "gthread")
+
+
+def web_worker_class(env: Mapping[str, str]) -> str:
+    """WEB_WORKER_CLASS: asgi (the default) or gthread. Here, not in gunicorn's config,
+    so that `doctor` checks it with the very rule the web line applies."""
+    return _choice(env, "WEB_WORKER_CLASS", WORKER_CLASSES)
+
+
+def web_access_log(env: Mapping[str, str]) -> bool:
+    """WEB_ACCESS_LOG: off (the default) or on, read like every on/off setting; any other
+    word (`yes`) is refused rather than quietly meaning off."""
+    return _choice(env, "WEB_ACCESS_LOG", ("off", "on")) == "on"
+
+
+def metrics_dir(env: Mapping[str, str]) -> str | None:
+    """PROMETHEUS_MULTIPROC_DIR when set (None: the web line makes a folder of its own).
+
+    It must be a folder this process may write in: prometheus_client creates its files
+    there in every worker, and a missing folder crashed each of them at boot with a
+    FileNotFoundError traceback.
+    """
+    raw = env.get("PROMETHEUS_MULTIPROC_DIR", "").strip()
+    if not raw:
+        return None
+    if not os.path.isdir(raw):
+        raise ConfigError(
+            f"PROMETHEUS_MULTIPROC_DIR must be an existing folder, got {raw!r}: create it,"
+            " or leave the variable unset and the web line makes one"
+        )
+    if not os.access(raw, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"PROMETHEUS_MULTIPROC_DIR must be a folder this user can write, got {raw!r}"
+        )
+    return raw
+
+
+# What the Procfile's web line reads besides load_settings, checked in this order by
+# gunicorn's config (web/gunicorn_config.py) and by `doctor`.
+WEB_LINE_SETTINGS: tuple[Callable[[Mapping[str, str]], object], ...] = (
+    web_port,
+    web_concurrency,
+    web_worker_class,
+    web_threads,
+    web_access_log,
+    metrics_dir,
+)
 
 
 def checked_stripe_api_base(value: str | None) -> str | None:

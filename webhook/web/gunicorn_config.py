@@ -16,21 +16,31 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Mapping
+from typing import TypeVar
 
-from webhook.core.config import load_settings, web_concurrency, web_port, web_threads
+from webhook.core.config import (
+    load_settings,
+    metrics_dir,
+    web_access_log,
+    web_concurrency,
+    web_port,
+    web_threads,
+    web_worker_class,
+)
 from webhook.core.errors import ConfigError
 from webhook.database.connect import configured_database_url
 from webhook.web.gunicorn_run import restart_command
 
 _made_metrics_dir: str | None = None
 
-WORKER_CLASSES = ("asgi", "gthread")
+T = TypeVar("T")
 
 
-def _read(setting: Callable[[Mapping[str, str]], int]) -> int:
+def _read(setting: Callable[[Mapping[str, str]], T]) -> T:
     """A setting gunicorn takes before on_starting checks the rest: a bad value stops
     gunicorn here with its one line, as on_starting would, not with gunicorn's own words
-    (which do not name the variable) or a traceback."""
+    (which do not name the variable) or a traceback. Each is read by its function in
+    core.config (WEB_LINE_SETTINGS), which `doctor` runs too."""
     try:
         return setting(os.environ)
     except ConfigError as exc:
@@ -39,9 +49,7 @@ def _read(setting: Callable[[Mapping[str, str]], int]) -> int:
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{_read(web_port)}"
 workers = _read(web_concurrency)
-worker_class = os.environ.get("WEB_WORKER_CLASS", "").strip().lower() or WORKER_CLASSES[0]
-if worker_class not in WORKER_CLASSES:
-    sys.exit(f"Error: WEB_WORKER_CLASS must be {' or '.join(WORKER_CLASSES)}, got {worker_class!r}")
+worker_class = _read(web_worker_class)
 # Threads of the threaded worker: they wait on the network and PostgreSQL more than they
 # run; while one stores, the others parse, and the deliveries they reach the store with
 # meanwhile go in one insert (web/grouped_store.py). The asyncio worker has one thread
@@ -56,7 +64,7 @@ control_socket_disable = True
 # Off by default: gunicorn's access line costs about a sixth of a worker's CPU per
 # delivery, and each event already writes its own JSON line when it is applied, while
 # /metrics counts requests by outcome. WEB_ACCESS_LOG=on brings it back.
-accesslog = "-" if os.environ.get("WEB_ACCESS_LOG", "off").strip().lower() == "on" else None
+accesslog = "-" if _read(web_access_log) else None
 # The access log names method, path, status and timing; never headers, so no signature.
 access_log_format = '{"log":"access","method":"%(m)s","path":"%(U)s","status":%(s)s,"ms":%(M)s}'
 
@@ -73,13 +81,14 @@ def on_starting(server) -> None:
     try:
         settings = load_settings()
         configured_database_url(settings.database_url)
+        given_metrics_dir = metrics_dir(os.environ)
     except ConfigError as exc:
         sys.exit(f"Error: {exc}")
     restart = restart_command()
     if restart is not None:
         server.START_CTX["args"] = restart
     global _made_metrics_dir
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if given_metrics_dir is None:
         _made_metrics_dir = tempfile.mkdtemp(prefix="webhook-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = _made_metrics_dir
 
