@@ -541,6 +541,7 @@ def test_doctor_on_a_healthy_database(db_url, plans) -> None:
     output = succeeds(doctor(db_url))
     assert "FIX" not in output
     assert "ok   database: reachable" in output
+    assert "ok   web line: port " in output
     assert "ok   plans with neither a Stripe price nor a product: none" in output
     assert "ok   failed events: 0" in output
     assert output.splitlines()[-1] == "all good"
@@ -611,6 +612,53 @@ def test_doctor_without_a_signing_secret(db_url, plans) -> None:
     assert result.exit_code == 1, result.output
     assert "FIX  configuration: STRIPE_WEBHOOK_SECRET is not set" in result.output
     assert "1 thing(s) to fix" in result.output
+
+
+def test_doctor_checks_what_the_web_line_refuses(db_url, plans) -> None:
+    """Values that stop the Procfile's web line before gunicorn starts: doctor said
+    "all good" with them."""
+    result = doctor(
+        db_url,
+        PORT="abc",
+        WEB_CONCURRENCY="abc",
+        WEB_WORKER_CLASS="sync",
+        WEB_ACCESS_LOG="yes",
+        PROMETHEUS_MULTIPROC_DIR="/nonexistent/metrics",
+    )
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    fixes = [line for line in result.output.splitlines() if line.startswith("FIX")]
+    assert fixes == [
+        "FIX  web line: PORT must be a whole number, got 'abc'",
+        "FIX  web line: WEB_CONCURRENCY must be a whole number, got 'abc'",
+        "FIX  web line: WEB_WORKER_CLASS must be asgi or gthread, got 'sync'",
+        "FIX  web line: WEB_ACCESS_LOG must be off or on, got 'yes'",
+        "FIX  web line: PROMETHEUS_MULTIPROC_DIR must be an existing folder, got"
+        " '/nonexistent/metrics': create it, or leave the variable unset and the web line"
+        " makes one",
+    ]
+    assert result.output.splitlines()[-1] == "5 thing(s) to fix"
+
+
+def test_doctor_names_a_bad_web_threads_once(db_url, plans) -> None:
+    """The web line and load_settings both read WEB_THREADS: one line for it."""
+    result = doctor(db_url, WEB_THREADS="0")
+    assert result.exit_code == 1, result.output
+    fixes = [line for line in result.output.splitlines() if line.startswith("FIX")]
+    assert fixes == ["FIX  configuration: WEB_THREADS must be at least 1, got 0"]
+
+
+def test_doctor_reports_a_bad_db_prepared_statements_once(db_url, plans) -> None:
+    """Among the settings, not a second time as a fault of the database ("check
+    DATABASE_URL and that the server is up")."""
+    result = doctor(db_url, DB_PREPARED_STATEMENTS="maybe")
+    assert result.exit_code == 1, result.output
+    lines = result.output.splitlines()
+    assert [line for line in lines if line.startswith("FIX")] == [
+        "FIX  configuration: DB_PREPARED_STATEMENTS must be on, off or auto, got 'maybe'"
+    ]
+    assert "ok   database: reachable" in lines
+    assert lines[-1] == "1 thing(s) to fix"
 
 
 def test_progress_shows_every_step_even_when_batches_jump_over_it(capsys) -> None:

@@ -18,9 +18,16 @@ def database_url(ctx: click.Context) -> str:
     return resolve_database_url(ctx.obj.get("database_url"))
 
 
-def connector(ctx: click.Context, *, autocommit: bool = False) -> Callable[[], psycopg.Connection]:
-    """Opens connections for one command, each the one shared way (for parallel workers)."""
-    setting = prepared_statements_setting(os.environ)  # a bad value stops before connecting
+def connector(
+    ctx: click.Context, *, autocommit: bool = False, prepare: bool | None = None
+) -> Callable[[], psycopg.Connection]:
+    """Opens connections for one command, each the one shared way (for parallel workers).
+
+    `prepare` None: statements are prepared as DB_PREPARED_STATEMENTS and the URL say (a
+    bad value stops the command before connecting). `doctor` passes False: it runs each
+    query once, and reports a bad value among the settings rather than as a database fault.
+    """
+    setting = prepared_statements_setting(os.environ) if prepare is None else prepare
     url = database_url(ctx)
     prepared = use_prepared_statements(setting, url)
 
@@ -34,9 +41,11 @@ def connector(ctx: click.Context, *, autocommit: bool = False) -> Callable[[], p
 
 
 @contextmanager
-def database(ctx: click.Context, *, autocommit: bool = False) -> Iterator[psycopg.Connection]:
-    """A connection for one command, closed when it finishes."""
-    conn = connector(ctx, autocommit=autocommit)()
+def database(
+    ctx: click.Context, *, autocommit: bool = False, prepare: bool | None = None
+) -> Iterator[psycopg.Connection]:
+    """A connection for one command, closed when it finishes (`prepare`: see connector)."""
+    conn = connector(ctx, autocommit=autocommit, prepare=prepare)()
     try:
         yield conn
     finally:

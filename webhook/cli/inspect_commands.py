@@ -1,6 +1,7 @@
 """events, customer, purge and doctor: seeing what happened, and keeping the inbox lean."""
 
 import json
+import os
 import re
 import uuid
 from collections.abc import Callable
@@ -12,8 +13,14 @@ import psycopg
 from webhook.cli import cli
 from webhook.cli.context import database
 from webhook.cli.devsecret import existing_dev_secret
-from webhook.core.config import load_settings
-from webhook.core.errors import ProjectError
+from webhook.core.config import (
+    WEB_LINE_SETTINGS,
+    load_settings,
+    web_concurrency,
+    web_port,
+    web_worker_class,
+)
+from webhook.core.errors import ConfigError, ProjectError
 from webhook.database import migrations
 
 STATUSES = ("received", "processed", "ignored", "failed")
@@ -289,6 +296,7 @@ def doctor(ctx: click.Context) -> None:
     # In development (no database URL, a ./.dev-secret) `serve` adds the local secret
     # itself; every other setting is checked as the web process will check it.
     development = ctx.obj.get("database_url") is None and existing_dev_secret()
+    configuration_error = None
     try:
         settings = load_settings(require_secret=not development)
         if settings.webhook_secrets:
@@ -296,10 +304,14 @@ def doctor(ctx: click.Context) -> None:
         else:
             report(True, "configuration: development secret in ./.dev-secret (make dev)")
     except ProjectError as exc:
+        configuration_error = str(exc)
         advice = "set it in the environment the web process runs with"
         report(False, f"configuration: {exc}", advice)
+    _doctor_web_line(report, configuration_error)
     try:
-        with database(ctx, autocommit=True) as conn:
+        # Prepared or not does not matter to a few queries run once each, and a bad
+        # DB_PREPARED_STATEMENTS was reported above, not as a fault of the database.
+        with database(ctx, autocommit=True, prepare=False) as conn:
             report(True, "database: reachable")
             _doctor_database(conn, report)
     except ProjectError as exc:
@@ -307,6 +319,25 @@ def doctor(ctx: click.Context) -> None:
     click.echo("all good" if not problems else f"{problems} thing(s) to fix")
     if problems:
         ctx.exit(1)
+
+
+def _doctor_web_line(report: Callable[..., None], reported: str | None) -> None:
+    """What the Procfile's web line refuses before gunicorn starts (PORT, WEB_CONCURRENCY,
+    WEB_WORKER_CLASS, WEB_THREADS, WEB_ACCESS_LOG, PROMETHEUS_MULTIPROC_DIR), by the very
+    functions it uses: each bad one on a line of its own, except the one the
+    configuration line (`reported`) already named."""
+    faults = 0
+    for setting in WEB_LINE_SETTINGS:
+        try:
+            setting(os.environ)
+        except ConfigError as exc:
+            faults += 1
+            if str(exc) != reported:
+                report(False, f"web line: {exc}",
+                       "set it in the environment the Procfile's web line runs with")  # fmt: skip
+    if not faults:
+        report(True, f"web line: port {web_port(os.environ)},"
+               f" {web_concurrency(os.environ)} {web_worker_class(os.environ)} worker(s)")  # fmt: skip
 
 
 def _doctor_database(conn: psycopg.Connection, report: Callable[..., None]) -> None:
