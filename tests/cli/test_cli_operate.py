@@ -191,7 +191,6 @@ def test_a_duration_beyond_a_century_is_refused_in_one_line(db_url, args) -> Non
     [
         ["events"],
         ["events", "show", "evt_1"],
-        ["reconcile"],
         ["purge", "--older-than", "30d"],
         ["customer", str(uuid.UUID(int=7))],
     ],
@@ -715,3 +714,29 @@ def test_replay_refuses_a_database_with_pending_migrations(conn, db_url) -> None
     conn.execute("delete from webhook_private.schema_migrations where version = '015'")
     line = fails(run(db_url, "replay", "--failed"))
     assert "1 migration(s) pending; run `python -m webhook migrate` first" in line
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["reconcile"],
+        ["reconcile", "--dry-run"],
+        ["sync"],
+        ["sync", "--dry-run"],
+        ["sync", "--events"],
+    ],
+)
+def test_reconcile_and_sync_refuse_a_database_with_pending_migrations(
+    conn, db_url, command
+) -> None:
+    """As replay, seed-plans, events dismiss and the drains do; sync before it asks Stripe
+    anything (here nothing would answer)."""
+    conn.execute("delete from webhook_private.schema_migrations where version = '015'")
+    env = {"STRIPE_API_KEY": "sk_test_x", "STRIPE_API_BASE": f"http://127.0.0.1:{closed_port()}"}
+    line = fails(run(db_url, *command, env=env))
+    assert "1 migration(s) pending; run `python -m webhook migrate` first" in line
+
+
+def test_reconcile_on_a_database_without_the_schema_says_to_migrate(empty_db_url) -> None:
+    line = fails(run(empty_db_url, "reconcile"))
+    assert "migration(s) pending; run `python -m webhook migrate` first" in line

@@ -39,6 +39,8 @@ def reconcile(ctx: click.Context, dry_run: bool) -> None:
     """Recompute every linked customer's plan from the subscription mirror."""
     rules = processing_rules()
     with database(ctx, autocommit=True) as conn:
+        # As replay does: plans recomputed by code newer than the schema could be wrong.
+        require_schema(conn)
         report = reconcile_plans(
             conn, rules.entitled_statuses, dry_run=dry_run, progress=_progress("reconcile")
         )

@@ -8,7 +8,7 @@ import click
 import psycopg
 
 from webhook.cli import cli
-from webhook.cli.context import database, processing_rules
+from webhook.cli.context import database, processing_rules, require_schema
 from webhook.cli.inspect_commands import DURATION
 from webhook.core.config import load_settings
 from webhook.core.errors import ProjectError
@@ -116,11 +116,14 @@ def sync(
         max_retries=settings.stripe_api_max_retries,
     )
     pace = rate or settings.stripe_api_rate or default_rate(api.api_key)
-    click.echo(f"sync: reading from {api.where} at up to {pace:g} requests/s", err=True)
-    started = time.monotonic()
     progress = Progress()
     try:
         with database(ctx, autocommit=True) as conn:
+            # Before any request to Stripe: what a sync writes follows this version's
+            # schema, as replay's and the drains' writes do.
+            require_schema(conn)
+            click.echo(f"sync: reading from {api.where} at up to {pace:g} requests/s", err=True)
+            started = time.monotonic()
             if events_only:
                 _catch_up(conn, api, window, progress, dry_run=dry_run, restart=restart)
             else:
