@@ -3,10 +3,11 @@
 import os
 
 import click
+from click.core import ParameterSource
 
 from webhook.cli import cli
-from webhook.cli.context import database, database_url, require_schema
-from webhook.core.config import prepared_statements_setting, use_prepared_statements
+from webhook.cli.context import database, require_schema
+from webhook.core.config import on_transaction_pooler_port, prepared_statements_setting
 from webhook.database import migrations
 
 
@@ -25,12 +26,10 @@ def migrate(ctx: click.Context, show_status: bool) -> None:
     --database-url): the web service may sit behind a transaction pooler that migrate
     cannot use, and platforms run the Procfile's release line with the web's environment.
     """
-    migrate_url = os.environ.get("MIGRATE_DATABASE_URL", "").strip()
-    given = ctx.parent.get_parameter_source("database_url") if ctx.parent else None
-    if migrate_url and given is not click.core.ParameterSource.COMMANDLINE:
-        ctx.obj["database_url"] = migrate_url
+    url, source = _migrate_url(ctx)
+    ctx.obj["database_url"] = url
     if not show_status:
-        _refuse_a_transaction_pooler(ctx)
+        _refuse_a_transaction_pooler(url, source)
     if show_status:
         with database(ctx, autocommit=True) as conn:
             waiting = _print_status(conn)
@@ -50,22 +49,58 @@ def migrate(ctx: click.Context, show_status: bool) -> None:
             )
 
 
-def _refuse_a_transaction_pooler(ctx: click.Context) -> None:
-    """Stop before migrating through a pooler in transaction mode.
+def _migrate_url(ctx: click.Context) -> tuple[str | None, str | None]:
+    """The URL migrate uses and the option or variable it came from: --database-url, else
+    MIGRATE_DATABASE_URL, else DATABASE_URL; (None, None) for the embedded server of
+    `make dev` (or, where there is none, the one-line error of any command)."""
+    given = ctx.obj.get("database_url")
+    typed = ctx.parent is not None and (
+        ctx.parent.get_parameter_source("database_url") is ParameterSource.COMMANDLINE
+    )
+    if given and typed:
+        return given, "--database-url"
+    migrate_url = os.environ.get("MIGRATE_DATABASE_URL", "").strip()
+    if migrate_url:
+        return migrate_url, "MIGRATE_DATABASE_URL"
+    if given:
+        return given, "DATABASE_URL"
+    return None, None
+
+
+def _refuse_a_transaction_pooler(url: str | None, source: str | None) -> None:
+    """Stop before migrating through a pooler in transaction mode, naming where the URL
+    came from.
 
     The migrator holds a session advisory lock across its transactions; behind such a
     pooler the lock and its release can land on different server connections, and a
-    lock left behind would block every later migrate. The same signal that turns off
-    prepared statements (port 6543, or DB_PREPARED_STATEMENTS=off) says "transaction pooler".
+    lock left behind would block every later migrate. Port 6543 (Supabase's transaction
+    pooler) is refused whatever the URL's source. DB_PREPARED_STATEMENTS=off says so of
+    the web's DATABASE_URL only: it counts when migrate uses that very URL, and not
+    against the direct URL in MIGRATE_DATABASE_URL, which the documented PgBouncer and
+    Supabase set-up puts beside it.
     """
-    url = database_url(ctx)
-    if not use_prepared_statements(prepared_statements_setting(os.environ), url):
-        raise click.ClickException(
-            "migrate needs a session connection, and DATABASE_URL looks like a transaction"
-            " pooler (port 6543, or DB_PREPARED_STATEMENTS=off): use the direct connection"
-            " or the session pooler (port 5432), in MIGRATE_DATABASE_URL if the service"
-            " needs DATABASE_URL for the pooler"
-        )
+    if url is None:
+        return
+    if on_transaction_pooler_port(url):
+        why = "port 6543"
+    elif url == _web_database_url() and prepared_statements_setting(os.environ) is False:
+        why = "DB_PREPARED_STATEMENTS=off says the service's DATABASE_URL is one"
+    else:
+        return
+    advice = (
+        ", in MIGRATE_DATABASE_URL if the service needs DATABASE_URL for the pooler"
+        if source == "DATABASE_URL"
+        else ""
+    )
+    raise click.ClickException(
+        f"migrate needs a session connection, and {source} looks like a transaction pooler"
+        f" ({why}): use the direct connection or the session pooler (port 5432){advice}"
+    )
+
+
+def _web_database_url() -> str | None:
+    """DATABASE_URL as the web reads it (trimmed; blank is unset)."""
+    return os.environ.get("DATABASE_URL", "").strip() or None
 
 
 def _print_status(conn) -> int:

@@ -233,11 +233,17 @@ def use_prepared_statements(setting: bool | None, database_url: str) -> bool:
     """
     if setting is not None:
         return setting
+    return not on_transaction_pooler_port(database_url)
+
+
+def on_transaction_pooler_port(database_url: str) -> bool:
+    """Whether `database_url` names port 6543, where Supabase's transaction pooler listens
+    (False for a URL psycopg cannot read: connecting will say why)."""
     try:
         port = conninfo_to_dict(database_url).get("port")
     except psycopg.ProgrammingError:
-        return True  # not a URL psycopg can read: connecting will say why
-    return str(port) != str(TRANSACTION_POOLER_PORT)
+        return False
+    return str(port) == str(TRANSACTION_POOLER_PORT)
 
 
 def _int(
