@@ -12,6 +12,7 @@ pointing the wrong way, to show that it catches them.
 import ast
 import re
 import shutil
+import tomllib
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
@@ -147,3 +148,19 @@ def test_an_import_pointing_up_is_caught(tmp_path: Path) -> None:
     assert "loose.py: a module outside the packages" in found
     assert any(f.startswith("webhook/rules/ordering.py:") and "webhook.sync" in f for f in found)
     assert any(f.startswith("webhook/rules/ordering.py:") and "webhook.cli" in f for f in found)
+
+
+def test_the_wheel_carries_every_package_and_the_schema() -> None:
+    """pyproject lists the packages (find cannot add webhook.schema): every package of the
+    tree, and webhook.schema, mapped onto the repository's schema/ with its SQL files, so
+    that an installed copy has the migrations `migrate` applies."""
+    config = tomllib.loads((ROOT.parent / "pyproject.toml").read_text(encoding="utf-8"))
+    setuptools = config["tool"]["setuptools"]
+    in_tree = {
+        ".".join(init.parent.relative_to(ROOT.parent).parts) for init in ROOT.rglob("__init__.py")
+    }
+    assert set(setuptools["packages"]) == {*in_tree, "webhook.schema"}
+    assert setuptools["package-dir"] == {"webhook.schema": "schema"}
+    assert setuptools["package-data"]["webhook.schema"] == ["*.sql"]
+    assert list((ROOT.parent / "schema").glob("*.sql"))
+    assert not list((ROOT.parent / "schema").glob("*.py"))  # data only: no module to import

@@ -130,6 +130,20 @@ def test_two_migrations_with_the_same_version_are_refused(schema_copy) -> None:
         migrations.discover(schema_copy)
 
 
+def test_a_folder_without_migrations_is_an_error(tmp_path, conn) -> None:
+    """An installation that lacks the SQL files reported every database as up to date."""
+    (tmp_path / "notes.txt").write_text("hello\n", encoding="utf-8")
+    for check in (migrations.discover, lambda d: migrations.pending(conn, d),
+                  lambda d: migrations.migrate(conn, d)):  # fmt: skip
+        with pytest.raises(MigrationError, match=f"no migrations in {tmp_path}"):
+            check(tmp_path)
+
+
+def test_a_missing_script_is_a_migration_error(tmp_path, conn) -> None:
+    with pytest.raises(MigrationError, match=r"seed_plans\.sql is missing"):
+        migrations.run_script(conn, tmp_path / "seed_plans.sql")
+
+
 def test_files_that_are_not_numbered_migrations_are_ignored(schema_copy) -> None:
     (schema_copy / "4_not_a_migration.sql").write_text("select 1;\n", encoding="utf-8")
     (schema_copy / "notes.txt").write_text("hello\n", encoding="utf-8")

@@ -144,6 +144,49 @@ def test_the_procfile_release_line_migrates_an_empty_database(empty_db_url) -> N
     assert tables == ("plans", "webhook_private.events")
 
 
+def installed_copy(target: Path, *, with_sql: bool) -> Path:
+    """A site-packages holding the package as its wheel installs it: webhook/ alone, away
+    from the repository, with the SQL of schema/ as webhook/schema (pyproject's
+    package-dir) when `with_sql`; returns the folder to put on PYTHONPATH."""
+    site = target / "site-packages"
+    shutil.copytree(
+        ROOT / "webhook", site / "webhook", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    if with_sql:
+        shutil.copytree(ROOT / "schema", site / "webhook" / "schema")
+    return site
+
+
+def test_the_release_line_migrates_from_an_installed_copy(empty_db_url, tmp_path) -> None:
+    """Not only from a checkout: the SQL lived only in the repository's schema/, and an
+    installed copy failed with a FileNotFoundError for schema/bootstrap.sql."""
+    site = installed_copy(tmp_path, with_sql=True)
+    env = platform_env(DATABASE_URL=empty_db_url, PYTHONPATH=str(site))
+    release = subprocess.run(
+        ["bash", "-c", procfile()["release"]], cwd=tmp_path, env=env, capture_output=True,
+        text=True, timeout=COMMAND_TIMEOUT_SECONDS,
+    )  # fmt: skip
+    assert release.returncode == 0, (release.stdout, release.stderr)
+    assert "applied 001_core.sql" in release.stdout
+    status = cli("migrate", "--status", cwd=tmp_path, env=env)
+    assert status.returncode == 0, (status.stdout, status.stderr)
+    shipped = len(list((ROOT / "schema").glob("[0-9][0-9][0-9]_*.sql")))
+    assert status.stdout.splitlines()[-1] == f"{shipped} applied, 0 pending"
+
+
+@pytest.mark.parametrize("command", [["migrate"], ["migrate", "--status"]])
+def test_an_installed_copy_without_its_sql_says_so(empty_db_url, tmp_path, command) -> None:
+    """`migrate --status` found no migrations and reported "0 applied, 0 pending", exit 0
+    (so /readyz said ready on an empty database); `migrate` failed with a traceback."""
+    site = installed_copy(tmp_path, with_sql=False)
+    env = platform_env(DATABASE_URL=empty_db_url, PYTHONPATH=str(site))
+    line = one_line_error(cli(*command, cwd=tmp_path, env=env), 1)
+    assert f"no migrations in {site / 'webhook' / 'schema'}" in line
+    assert "lacks the SQL files of schema/" in line
+    with psycopg.connect(empty_db_url) as db:
+        assert db.execute("select to_regnamespace('webhook_private')").fetchone() == (None,)
+
+
 @pytest.mark.parametrize(
     ("worker_class", "worker"), [(None, "asgi"), ("gthread", "gthread")], ids=["asgi", "gthread"]
 )

@@ -8,7 +8,6 @@ plain PostgreSQL, the pieces of Supabase's auth the schema refers to (schema/aut
 """
 
 import hashlib
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,8 +20,24 @@ import psycopg
 from webhook.core.errors import MigrationError
 from webhook.database.sqlfile import split_statements
 
-SCHEMA_DIR = Path(
-    os.environ.get("WEBHOOK_SCHEMA_DIR") or Path(__file__).resolve().parents[2] / "schema"
+
+def _shipped_schema_dir() -> Path:
+    """Where this installation keeps the SQL files of the repository's schema/ folder.
+
+    A wheel carries them as webhook/schema (pyproject maps that package onto schema/);
+    a checkout, or an editable install of one, has them in schema/ beside the package.
+    """
+    package = Path(__file__).resolve().parents[1]
+    installed, checkout = package / "schema", package.parent / "schema"
+    # With neither, where a wheel keeps them: discover() names that folder as empty.
+    return checkout if checkout.is_dir() and not installed.is_dir() else installed
+
+
+SCHEMA_DIR = _shipped_schema_dir()
+# What to do when the SQL files are not where this installation keeps them.
+MISSING_SQL = (
+    "this installation lacks the SQL files of schema/ (a wheel carries them in"
+    " webhook/schema); reinstall the package, or run it from a checkout of the repository"
 )
 MIGRATION_FILE = re.compile(r"^(?P<version>\d{3})_(?P<name>[\w-]+)\.sql$")
 # An arbitrary constant shared by every process that migrates this schema.
@@ -68,8 +83,13 @@ class MigrationState:
         return self.applied_at is None
 
 
-def discover(schema_dir: Path = SCHEMA_DIR) -> list[Migration]:
-    """The numbered migrations in `schema_dir`, in version order."""
+def discover(schema_dir: Path | None = None) -> list[Migration]:
+    """The numbered migrations in `schema_dir` (default SCHEMA_DIR), in version order.
+
+    None at all is an error, not an empty list: an installation without the SQL files
+    would otherwise report every database, even an empty one, as up to date.
+    """
+    schema_dir = SCHEMA_DIR if schema_dir is None else schema_dir
     found = []
     for path in sorted(schema_dir.glob("*.sql")):
         match = MIGRATION_FILE.match(path.name)
@@ -79,10 +99,12 @@ def discover(schema_dir: Path = SCHEMA_DIR) -> list[Migration]:
     duplicates = sorted({v for v in versions if versions.count(v) > 1})
     if duplicates:
         raise MigrationError(f"two migrations share the version number {', '.join(duplicates)}")
+    if not found:
+        raise MigrationError(f"no migrations in {schema_dir}: {MISSING_SQL}")
     return found
 
 
-def status(conn: psycopg.Connection, schema_dir: Path = SCHEMA_DIR) -> list[MigrationState]:
+def status(conn: psycopg.Connection, schema_dir: Path | None = None) -> list[MigrationState]:
     """Every known migration with when it was applied (None when pending)."""
     applied = _applied(conn)
     states = []
@@ -98,7 +120,7 @@ def status(conn: psycopg.Connection, schema_dir: Path = SCHEMA_DIR) -> list[Migr
     return states
 
 
-def unknown(conn: psycopg.Connection, schema_dir: Path = SCHEMA_DIR) -> list[str]:
+def unknown(conn: psycopg.Connection, schema_dir: Path | None = None) -> list[str]:
     """Migrations the database has that this code does not ship ("018_name"), oldest
     first: a newer version migrated it, and this one (a rollback, a lagging instance) may
     not know what they changed."""
@@ -112,14 +134,14 @@ def unknown(conn: psycopg.Connection, schema_dir: Path = SCHEMA_DIR) -> list[str
     return [f"{version}_{name}" for version, name in rows if version not in known]
 
 
-def pending(conn: psycopg.Connection, schema_dir: Path = SCHEMA_DIR) -> list[Migration]:
+def pending(conn: psycopg.Connection, schema_dir: Path | None = None) -> list[Migration]:
     """The migrations not applied yet."""
     return [s.migration for s in status(conn, schema_dir) if s.pending]
 
 
 def migrate(
     conn: psycopg.Connection,
-    schema_dir: Path = SCHEMA_DIR,
+    schema_dir: Path | None = None,
     report: Callable[[str], None] = lambda _line: None,
 ) -> list[Migration]:
     """Apply every pending migration; return those applied. Re-running applies nothing.
@@ -128,6 +150,8 @@ def migrate(
     """
     if not conn.autocommit:
         raise ValueError("migrate() needs an autocommit connection")
+    schema_dir = SCHEMA_DIR if schema_dir is None else schema_dir
+    discover(schema_dir)  # no SQL files here: say so before touching the database
     conn.execute("select pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))
     try:
         _run_file(conn, schema_dir / "bootstrap.sql")
@@ -155,8 +179,12 @@ def run_script(conn: psycopg.Connection, path: Path) -> None:
 
 
 def _run_file(conn: psycopg.Connection, path: Path) -> None:
+    try:
+        script = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise MigrationError(f"{path} is missing: {MISSING_SQL}") from None
     with conn.transaction():
-        _run_statements(conn, path.name, path.read_text(encoding="utf-8"))
+        _run_statements(conn, path.name, script)
 
 
 def _run_statements(conn: psycopg.Connection, filename: str, script: str) -> None:
