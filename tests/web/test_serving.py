@@ -174,13 +174,27 @@ def test_the_release_line_migrates_from_an_installed_copy(empty_db_url, tmp_path
     assert status.stdout.splitlines()[-1] == f"{shipped} applied, 0 pending"
 
 
-@pytest.mark.parametrize("command", [["migrate"], ["migrate", "--status"]])
+@pytest.mark.parametrize(
+    "command", [["migrate"], ["migrate", "--status"], ["drain", "--once"], ["web line"]]
+)
 def test_an_installed_copy_without_its_sql_says_so(empty_db_url, tmp_path, command) -> None:
     """`migrate --status` found no migrations and reported "0 applied, 0 pending", exit 0
-    (so /readyz said ready on an empty database); `migrate` failed with a traceback."""
+    (so /readyz said ready on an empty database); `migrate` failed with a traceback. The
+    web line and a drain, which could never find the schema ready, stop at once too."""
     site = installed_copy(tmp_path, with_sql=False)
-    env = platform_env(DATABASE_URL=empty_db_url, PYTHONPATH=str(site))
-    line = one_line_error(cli(*command, cwd=tmp_path, env=env), 1)
+    env = platform_env(DATABASE_URL=empty_db_url, PYTHONPATH=str(site),
+                       STRIPE_WEBHOOK_SECRET=SECRET, PORT=str(free_port()), HOST=HOST)  # fmt: skip
+    if command == ["web line"]:
+        result = subprocess.run(
+            ["bash", "-c", procfile()["web"]], cwd=tmp_path, env=env, capture_output=True,
+            text=True, timeout=COMMAND_TIMEOUT_SECONDS,
+        )  # fmt: skip
+        errors = [line for line in (result.stdout + result.stderr).splitlines() if "rror" in line]
+        assert result.returncode != 0 and len(errors) == 1, result.stdout + result.stderr
+        assert "Traceback" not in result.stdout + result.stderr
+        line = errors[0]
+    else:
+        line = one_line_error(cli(*command, cwd=tmp_path, env=env), 1)
     assert f"no migrations in {site / 'webhook' / 'schema'}" in line
     assert "lacks the SQL files of schema/" in line
     with psycopg.connect(empty_db_url) as db:

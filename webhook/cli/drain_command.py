@@ -18,6 +18,7 @@ from webhook.cli.context import database_url, processing_rules
 from webhook.core.config import load_settings, metrics_dir, use_prepared_statements
 from webhook.core.errors import ProjectError
 from webhook.core.logs import configure_service_log
+from webhook.database import migrations
 from webhook.database.pool import Database
 from webhook.pipeline.drain import Applied
 from webhook.pipeline.drain_worker import DrainWorker
@@ -39,6 +40,7 @@ def drain(ctx: click.Context, once: bool, metrics_port: int | None) -> None:
     """Apply stored events as they arrive, until stopped (or, with --once, until none wait)."""
     settings = load_settings(require_secret=False)
     url = database_url(ctx)
+    migrations.discover()  # no SQL files in this installation: one line now, not every cycle
     configure_service_log(settings.log_level)
     configure_event_log()
     applied_total = 0

@@ -27,7 +27,8 @@ from webhook.core.config import (
     web_threads,
     web_worker_class,
 )
-from webhook.core.errors import ConfigError
+from webhook.core.errors import ConfigError, MigrationError
+from webhook.database import migrations
 from webhook.database.connect import configured_database_url
 from webhook.web.gunicorn_run import restart_command
 
@@ -73,8 +74,9 @@ def on_starting(server) -> None:
     """Check the configuration, and give the workers a shared metrics folder, in the
     master, before any worker forks.
 
-    A configuration the app would refuse stops the master here with its one-line reason,
-    rather than every worker with a traceback. Workers are separate processes:
+    A configuration the app would refuse, or an installation without the migrations' SQL,
+    stops the master here with its one-line reason, rather than every worker with a
+    traceback. Workers are separate processes:
     prometheus_client adds their counts up through files in the shared folder. A USR2
     upgrade starts the web line again as it was started (see gunicorn_run).
     """
@@ -82,7 +84,10 @@ def on_starting(server) -> None:
         settings = load_settings()
         configured_database_url(settings.database_url)
         given_metrics_dir = metrics_dir(os.environ)
-    except ConfigError as exc:
+        # An installation without the SQL files could never be ready (/readyz would fail
+        # on every call, each drain on every cycle): say so once, here.
+        migrations.discover()
+    except (ConfigError, MigrationError) as exc:
         sys.exit(f"Error: {exc}")
     restart = restart_command()
     if restart is not None:
