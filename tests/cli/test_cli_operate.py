@@ -223,6 +223,18 @@ def test_events_show_prints_fields_history_and_payload(db_url, inbox) -> None:
     assert json.loads(payload) == stranger.event
 
 
+def test_events_show_prints_a_payload_nested_deeper_than_json_walks_as_stored(
+    conn, db_url, stripe: StripeSender, factory: EventFactory
+) -> None:
+    """The edge stores what orjson reads (1,024 levels); Python's json stops near 1,000."""
+    event = factory.other("charge.succeeded").event
+    event["data"]["object"]["deep"] = "DEEP"
+    text = json.dumps(event).replace('"DEEP"', "[" * 1015 + "]" * 1015)
+    stripe.send_all([Delivery(event=event, body=text.encode())])  # event: for its id
+    output = succeeds(run(db_url, "events", "show", event["id"]))
+    assert output.split("payload:\n", 1)[1].strip() == text
+
+
 def test_events_show_of_an_unknown_id(db_url, inbox) -> None:
     line = fails(run(db_url, "events", "show", "evt_does_not_exist"))
     assert "evt_does_not_exist" in line

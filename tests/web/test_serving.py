@@ -472,6 +472,24 @@ def wait_for_output(server: ServerProcess, text: str, timeout: float) -> str:
     raise AssertionError(f"{server.name} wrote no line with {text!r}:\n{server.tail()}")
 
 
+def test_the_web_line_writes_one_json_line_for_a_path_with_a_newline(
+    db_url, tmp_path, request
+) -> None:
+    """The real Procfile line with WEB_ACCESS_LOG=on: `%0a` in a path stays in its line."""
+    port = free_port()
+    env = platform_env(PORT=str(port), HOST=HOST, WEB_CONCURRENCY="1", DATABASE_URL=db_url,
+                       STRIPE_WEBHOOK_SECRET=SECRET, WEB_ACCESS_LOG="on")  # fmt: skip
+    server = start("access-log", ["bash", "-c", procfile()["web"]], cwd=ROOT, env=env,
+                   log_dir=tmp_path)  # fmt: skip
+    request.addfinalizer(server.stop)
+    server.wait_for(port, "/healthz", timeout=STARTUP_TIMEOUT_SECONDS)
+    status, _ = http_request(port, "GET", '/nl%0A{"log":"forged"}')
+    assert status == 404
+    line = wait_for_output(server, '"status":404', timeout=10)
+    assert json.loads(line)["path"] == '/nl\n{"log":"forged"}'
+    assert '"log":"forged"' not in server.output().replace(line, "")
+
+
 def advisory_waiters(conn: psycopg.Connection) -> int:
     return conn.execute(
         "select count(*) from pg_stat_activity where datname = current_database()"

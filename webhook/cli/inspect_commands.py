@@ -118,7 +118,7 @@ def show_event(ctx: click.Context, event_id: str) -> None:
         row = conn.execute(
             """
             select id, type, api_version, livemode, stripe_created, object_id, status, error,
-                   deliveries, attempts, received_at, processed_at, purged_at, payload
+                   deliveries, attempts, received_at, processed_at, purged_at, payload::text
               from webhook_private.events where id = %s
             """,
             (event_id,),
@@ -143,8 +143,13 @@ def show_event(ctx: click.Context, event_id: str) -> None:
     click.echo("payload: (purged)" if payload is None else "payload:\n" + _pretty(payload))
 
 
-def _pretty(payload: object) -> str:
-    return json.dumps(payload, indent=2, sort_keys=True)
+def _pretty(stored: str) -> str:
+    """The stored payload laid out, or as stored when it nests deeper than Python's json
+    can walk (about 1,000 levels; the edge accepts what orjson reads, up to 1,024)."""
+    try:
+        return json.dumps(json.loads(stored), indent=2, sort_keys=True)
+    except RecursionError:
+        return stored
 
 
 @cli.command("customer")

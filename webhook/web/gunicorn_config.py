@@ -68,6 +68,8 @@ control_socket_disable = True
 accesslog = "-" if _read(web_access_log) else None
 # The access log names method, path, status and timing; never headers, so no signature.
 access_log_format = '{"log":"access","method":"%(m)s","path":"%(U)s","status":%(s)s,"ms":%(M)s}'
+# Its values JSON-escaped, so that each request is one line of valid JSON whatever its path.
+logger_class = "webhook.web.access_log.AccessLogger"
 
 
 def on_starting(server) -> None:
