@@ -398,6 +398,15 @@ def test_doctor_names_a_session_that_holds_customers_behind_a_lagging_queue(
     assert "the drains are behind or not running" in output  # the other cause stays named
 
 
+def wait_until_drained(conn: psycopg.Connection, worker: DrainWorker) -> None:
+    """Wake the worker until the queue is empty (at most 30 s)."""
+    deadline = time.monotonic() + 30
+    while queued(conn) and time.monotonic() < deadline:
+        worker.wake()
+        time.sleep(0.05)
+    assert not queued(conn)
+
+
 def test_a_drain_waits_while_migrations_are_pending(conn, db_url, caplog) -> None:
     """Code started before its migrations ran (no release step) applies nothing until they
     have: the drain retries, and applies the queue once the schema has caught up; the log
@@ -420,13 +429,34 @@ def test_a_drain_waits_while_migrations_are_pending(conn, db_url, caplog) -> Non
         assert queued(conn)
         columns = ", ".join("%s" for _ in row)
         conn.execute(f"insert into webhook_private.schema_migrations values ({columns})", row)
-        deadline = time.monotonic() + 30
-        while queued(conn) and time.monotonic() < deadline:
-            worker.wake()
-            time.sleep(0.05)
-        assert not queued(conn)
+        wait_until_drained(conn, worker)
     finally:
         worker.stop()
     lines = [r.getMessage() for r in caplog.records if r.name == "webhook.pipeline.drain_worker"]
     assert len([line for line in lines if "pending" in line and "waiting" in line]) == 1
     assert lines[-1] == "drain: resumed"
+
+
+def test_a_drain_waits_out_a_read_only_database(conn, db_url, caplog) -> None:
+    """Supabase's read-only mode (a full disk) or a standby after a failover: the drain says
+    so once, without a traceback, and applies the queue once writes are back."""
+    setup(conn)
+    delivery = EventFactory(start=1_700_000_000).subscription(
+        "customer.subscription.updated", sub_id="sub_r", customer="cus_r", status="active"
+    )
+    receive(conn, [delivery])
+    database = conn.info.dbname
+    conn.execute(f'alter database "{database}" set default_transaction_read_only = on')
+    worker = DrainWorker(db_url, RULES, poll_seconds=0.05)
+    try:
+        worker.start()
+        time.sleep(1.5)  # several attempts, each refused
+        assert queued(conn)
+        conn.execute(f'alter database "{database}" reset default_transaction_read_only')
+        wait_until_drained(conn, worker)
+    finally:
+        worker.stop()
+        conn.execute(f'alter database "{database}" reset default_transaction_read_only')
+    lines = [r.getMessage() for r in caplog.records if r.name == "webhook.pipeline.drain_worker"]
+    assert lines.count("drain: the database accepts no writes (read-only); retrying") == 1
+    assert "Traceback" not in caplog.text

@@ -67,7 +67,11 @@ class Database:
         """A connection from the pool; DatabaseUnavailable if none comes in time."""
         try:
             with self.pool().connection(timeout=timeout) as conn:
-                yield conn
+                try:
+                    yield conn
+                except psycopg.errors.ReadOnlySqlTransaction:
+                    self.renew_sessions()
+                    raise
         except PoolTimeout:
             raise DatabaseUnavailable(
                 f"no database connection within {timeout or self._timeout:g}s ({mask_url(self.url)})"
@@ -125,6 +129,17 @@ class Database:
                         raise
             # The connection died under us (say, a database restart): once more on another.
         raise DatabaseUnavailable("database connection lost twice")
+
+    def renew_sessions(self) -> None:
+        """Replace every pooled connection (those lent out when they come back).
+
+        Called when the database turned out read-only: a session keeps the read-only
+        default it started with when it was set per database or role, so only new
+        sessions see writes come back; the pool's would otherwise answer "read-only" until
+        each happened to be given up.
+        """
+        if self._pool is not None and self._pid == os.getpid():
+            self._pool.drain()
 
     def in_use(self) -> int:
         """Connections currently lent out (for /metrics)."""

@@ -168,7 +168,11 @@ class DrainWorker:
                 self._stop.wait(backoff)
                 continue
             except psycopg.errors.ReadOnlySqlTransaction:
-                # Supabase's read-only mode or a standby after a failover: wait it out.
+                # Supabase's read-only mode or a standby after a failover: wait it out, on
+                # a new connection each time (a session keeps the read-only default it
+                # started with when the setting was made per database or role).
+                with self._lock:
+                    self._close()
                 backoff = min(max(backoff * 2, 0.5), MAX_BACKOFF_SECONDS)
                 self._warn("drain: the database accepts no writes (read-only); retrying")
                 self._stop.wait(backoff)

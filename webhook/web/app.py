@@ -127,6 +127,8 @@ def _register_routes(app: Flask, service: Service) -> None:
                 waiting = [m.path.name for m in migrations.pending(conn)]
                 lag = metrics.queue_lag_seconds(conn) if not waiting else 0.0
                 writable = _accepts_writes(conn)
+                if not writable:  # the next probe asks on new connections
+                    service.database.renew_sessions()
         except DatabaseUnavailable as exc:
             # The reason is the log's: anyone may ask /readyz, and the database's address
             # and user are not theirs to know.
