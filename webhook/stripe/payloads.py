@@ -103,7 +103,7 @@ def parse_event(document: Any, text: str | None = None) -> Event:
     obj = data.get("object") if isinstance(data, dict) else None
     if not isinstance(obj, dict):
         raise PayloadError("event has no data.object")
-    api_version = document.get("api_version")
+    api_version, account = document.get("api_version"), document.get("account")
     return Event(
         id=event_id,
         type=event_type,
@@ -113,9 +113,7 @@ def parse_event(document: Any, text: str | None = None) -> Event:
         object=obj,
         raw=document,
         text=text,
-        account=account
-        if isinstance(account := document.get("account"), str) and account
-        else None,
+        account=account if isinstance(account, str) and account else None,
     )
 
 
